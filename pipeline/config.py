@@ -1,0 +1,320 @@
+"""Typed configuration: YAML files and ``key=value`` overrides -> validated dataclasses.
+
+Config flows one way: ``conf/defaults.yaml`` <- a config file <- command-line overrides, merged as
+plain dicts, then turned into the dataclasses below. Every mistake (unknown key, wrong type, value
+out of range, malformed YAML) raises ``ConfigError`` with a one-line message that names the key,
+the bad value and what is allowed, before anything is trained or written to MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = PROJECT_ROOT / "conf" / "defaults.yaml"
+
+ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
+NORMS = ("none", "batch", "layer")
+OUTPUT_ACTIVATIONS = ("auto", "tanh", "none")
+LOSSES = ("bce", "hinge", "lsgan", "wgan-gp")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+DATASET_NAMES = ("ring8", "grid25", "digits", "fashion_mnist", "mnist")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake, reported as one line naming the key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "grid25"
+    root: str | None = None  # folder of IDX files (fashion_mnist, mnist); else env var / Debian path
+    n_points: int = 100_000  # mixtures: training points drawn from the seed (PacGAN uses 100k)
+    radius: float = 1.0  # ring8: radius of the circle of modes
+    std: float | None = None  # mixtures: component std; None = PacGAN's (ring8 0.01, grid25 0.05)
+
+    def validate(self) -> None:
+        _choice("data.name", self.name, DATASET_NAMES)
+        _positive("data.n_points", self.n_points)
+        _positive("data.radius", self.radius)
+        if self.std is not None:
+            _positive("data.std", self.std)
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 2
+    g_hidden: list[int] = field(default_factory=lambda: [128, 128, 128])
+    d_hidden: list[int] = field(default_factory=lambda: [128, 128, 128])
+    activation: str = "relu"
+    leaky_slope: float = 0.2  # only used by leaky_relu
+    g_norm: str = "none"
+    d_norm: str = "none"
+    g_dropout: float = 0.0
+    d_dropout: float = 0.0
+    spectral_norm: bool = False  # on D's linear layers
+    pack: int = 1  # PacGAN: D judges `pack` samples concatenated
+    output_activation: str = "auto"  # auto = tanh for images, none for 2-D points
+
+    def validate(self) -> None:
+        _positive("model.latent_dim", self.latent_dim)
+        for key in ("g_hidden", "d_hidden"):
+            widths = getattr(self, key)
+            if not widths:
+                raise ConfigError(f"model.{key}: got [], expected at least one hidden layer")
+            for w in widths:
+                _positive(f"model.{key}", w)
+        _choice("model.activation", self.activation, ACTIVATIONS)
+        _positive("model.leaky_slope", self.leaky_slope)
+        _choice("model.g_norm", self.g_norm, NORMS)
+        _choice("model.d_norm", self.d_norm, NORMS)
+        _fraction("model.g_dropout", self.g_dropout)
+        _fraction("model.d_dropout", self.d_dropout)
+        _positive("model.pack", self.pack)
+        _choice("model.output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    seed: int = 0
+    batch_size: int = 256
+    steps_per_epoch: int | None = None  # None = one pass over the training set
+    loss: str = "hinge"
+    n_critic: int = 1  # D steps per G step
+    gp_weight: float = 10.0  # wgan-gp only
+    g_lr: float = 5e-4
+    d_lr: float = 5e-4
+    g_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    d_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    log_every_n_steps: int = 50  # training losses are averaged over this many steps
+    sample_every_n_epochs: int = 5  # sample pictures; one is always made at the end
+    accelerator: str = "auto"
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    progress_bar: bool = True
+
+    def validate(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        if self.steps_per_epoch is not None:
+            _positive("train.steps_per_epoch", self.steps_per_epoch)
+        _choice("train.loss", self.loss, LOSSES)
+        _positive("train.n_critic", self.n_critic)
+        _positive("train.gp_weight", self.gp_weight, allow_zero=True)
+        _positive("train.g_lr", self.g_lr)
+        _positive("train.d_lr", self.d_lr)
+        for key in ("g_betas", "d_betas"):
+            betas = getattr(self, key)
+            if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+                raise ConfigError(f"train.{key}: got {betas!r}, expected two numbers in [0, 1)")
+        _positive("train.log_every_n_steps", self.log_every_n_steps)
+        _positive("train.sample_every_n_epochs", self.sample_every_n_epochs)
+        _choice("train.accelerator", self.accelerator, ACCELERATORS)
+        if self.threads is not None:
+            _positive("train.threads", self.threads)
+
+
+@dataclass
+class EvalConfig:
+    n_samples: int = 2500  # PacGAN's protocol for the mixtures
+    every_n_epochs: int = 1
+    metrics: list[str] | None = None  # None = every metric that applies to the dataset
+    cache_dir: str = "runs/cache"  # the FID feature classifiers are trained once and kept here
+
+    def validate(self) -> None:
+        _positive("eval.n_samples", self.n_samples)
+        if self.n_samples < 10:
+            raise ConfigError(f"eval.n_samples: got {self.n_samples}, expected at least 10")
+        _positive("eval.every_n_epochs", self.every_n_epochs)
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: str | None = None  # None = $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db
+    experiment: str = "fcgan"
+    log_weights: bool = True
+
+    def validate(self) -> None:
+        if not self.experiment:
+            raise ConfigError("tracking.experiment: got '', expected a non-empty name")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> None:
+        for section in dataclasses.fields(self):
+            getattr(self, section.name).validate()
+        if self.train.batch_size < self.model.pack:
+            raise ConfigError(
+                f"model.pack: got {self.model.pack}, expected at most train.batch_size "
+                f"({self.train.batch_size})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, e.g. {'train.epochs': 20, ...}: what MLflow records as params."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.to_dict().items()
+            for key, value in values.items()
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    defaults: str | Path | None = DEFAULTS_FILE,
+) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated."""
+    merged: dict[str, Any] = {}
+    if defaults is not None and Path(defaults).exists():
+        merged = _deep_merge(merged, read_yaml(defaults))
+    if path is not None:
+        merged = _deep_merge(merged, read_yaml(path))
+    merged = _deep_merge(merged, parse_overrides(overrides))
+    return config_from_dict(merged)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{path}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "model.g_hidden=[64,64]"]`` -> nested dict; values parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}") from None
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    config = _build(Config, data, prefix="")
+    config.validate()
+    return config
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "config"
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: got {data!r}, expected a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key '{prefix}{unknown[0]}' (allowed in {where}: {', '.join(names)})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = coerce(f"{prefix}{name}", value, hint)
+    return cls(**kwargs)
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a type hint (int, float, str, bool, list[...], X | None)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return coerce(key, value, inner)
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: got {value!r}, expected a list of {inner.__name__}")
+        return [coerce(key, v, inner) for v in value]
+    if hint is float and isinstance(value, str):
+        # PyYAML reads 1e-3 (no dot) as a string; users write learning rates that way.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }[hint]
+    if not ok:
+        raise ConfigError(f"{key}: got {value!r}, expected {hint.__name__}")
+    return float(value) if hint is float else value
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: got {value!r}, expected one of {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}: got {value!r}, expected a number {bound}")
+
+
+def _fraction(key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{key}: got {value!r}, expected a number in [0, 1)")

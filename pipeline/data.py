@@ -1,0 +1,242 @@
+"""Datasets as in-memory tensors, and the batch iterator that feeds the Trainer.
+
+Every dataset is small enough to live in memory (Fashion-MNIST is 60,000 x 784 float32 = 188 MB),
+so batches are slices of a shuffled index rather than per-sample DataLoader collation.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.config import DataConfig
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist")
+MIXTURE_DATASETS = ("ring8", "grid25")
+DATASETS = MIXTURE_DATASETS + IMAGE_DATASETS
+
+
+class DataError(RuntimeError):
+    """A dataset could not be loaded; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    kind: Literal["points", "images"]
+    train: Tensor  # (N, D) float32 in the model's scale: [-1, 1] for images, raw coordinates for 2-D
+    train_labels: Tensor | None = None  # (N,) int64 class labels (images only)
+    test: Tensor | None = None  # held-out split (images only): trains/tests the FID feature classifier
+    test_labels: Tensor | None = None
+    image_shape: tuple[int, int] | None = None  # (H, W) for images
+    num_classes: int | None = None
+    centres: Tensor | None = None  # (K, 2) mode centres (mixtures only)
+    std: float | None = None  # per-coordinate std of each mixture component
+
+    @property
+    def dim(self) -> int:
+        return int(self.train.shape[1])
+
+    @property
+    def is_images(self) -> bool:
+        return self.kind == "images"
+
+
+def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
+    """Build the dataset named by ``cfg.name``; mixtures are drawn from ``seed``."""
+    if cfg.name == "ring8":
+        return ring8(cfg.n_points, radius=cfg.radius, std=cfg.std or 0.01, seed=seed)
+    if cfg.name == "grid25":
+        return grid25(cfg.n_points, std=cfg.std or 0.05, seed=seed)
+    if cfg.name == "digits":
+        return digits()
+    if cfg.name in ("fashion_mnist", "mnist"):
+        return idx_dataset(cfg.name, idx_folder(cfg.name, cfg.root))
+    raise DataError(f"unknown dataset {cfg.name!r} (expected one of {', '.join(DATASETS)})")
+
+
+# --- 2-D Gaussian mixtures (PacGAN's definitions) ----------------------------------------------
+
+
+def ring8_centres(radius: float = 1.0) -> Tensor:
+    # 2*pi*k/8 for k < 8: linspace(0, 2*pi, 8) would repeat angle 0 as 2*pi and give 7 modes.
+    angles = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
+    return (radius * torch.stack([angles.cos(), angles.sin()], dim=1)).float()
+
+
+def grid25_centres() -> Tensor:
+    axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    xs, ys = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+
+
+def mixture(name: str, centres: Tensor, n: int, std: float, seed: int) -> Dataset:
+    gen = torch.Generator().manual_seed(seed)
+    which = torch.randint(len(centres), (n,), generator=gen)
+    points = centres[which] + std * torch.randn(n, 2, generator=gen)
+    return Dataset(name=name, kind="points", train=points, centres=centres, std=std)
+
+
+def ring8(n: int = 100_000, radius: float = 1.0, std: float = 0.01, seed: int = 0) -> Dataset:
+    return mixture("ring8", ring8_centres(radius), n, std, seed)
+
+
+def grid25(n: int = 100_000, std: float = 0.05, seed: int = 0) -> Dataset:
+    return mixture("grid25", grid25_centres(), n, std, seed)
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (offline), with a fixed 80/20 split for the classifier."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.data.astype(np.float32) / 16.0 * 2.0 - 1.0)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    # A split fixed independently of the GAN seed, so the cached classifier is valid for all runs.
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(images))
+    tr, te = order[:cut], order[cut:]
+    return Dataset(
+        name="digits", kind="images", train=images[tr], train_labels=labels[tr],
+        test=images[te], test_labels=labels[te], image_shape=(8, 8), num_classes=10,
+    )
+
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte.gz",
+    "train_labels": "train-labels-idx1-ubyte.gz",
+    "test_images": "t10k-images-idx3-ubyte.gz",
+    "test_labels": "t10k-labels-idx1-ubyte.gz",
+}
+HOW_TO_GET = {
+    "fashion_mnist": (
+        "install Debian's package (apt-get install dataset-fashion-mnist, files in "
+        f"{DEBIAN_FASHION_MNIST}) or download the four *-ubyte.gz files from "
+        "github.com/zalandoresearch/fashion-mnist into a folder and pass data.root=FOLDER "
+        "or set FASHION_MNIST_DIR"
+    ),
+    "mnist": (
+        "download the four MNIST *-ubyte.gz files into a folder and pass data.root=FOLDER "
+        "or set MNIST_DIR"
+    ),
+}
+
+
+def idx_folder(name: str, root: str | None) -> Path:
+    """data.root, else $FASHION_MNIST_DIR / $MNIST_DIR, else Debian's folder (Fashion-MNIST)."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("FASHION_MNIST_DIR" if name == "fashion_mnist" else "MNIST_DIR")
+    if env:
+        return Path(env).expanduser()
+    if name == "fashion_mnist":
+        return DEBIAN_FASHION_MNIST
+    raise DataError(f"mnist: no folder given; {HOW_TO_GET['mnist']}")
+
+
+def idx_dataset(name: str, folder: Path) -> Dataset:
+    arrays = {key: read_idx(name, folder / file) for key, file in IDX_FILES.items()}
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
+            raise DataError(f"{name}: {split} images and labels differ in count in {folder}")
+    height, width = arrays["train_images"].shape[1:]
+
+    def scale(images: np.ndarray) -> Tensor:
+        flat = images.reshape(len(images), -1).astype(np.float32)
+        return torch.from_numpy(flat / 127.5 - 1.0)
+
+    return Dataset(
+        name=name, kind="images",
+        train=scale(arrays["train_images"]),
+        train_labels=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        test=scale(arrays["test_images"]),
+        test_labels=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        image_shape=(int(height), int(width)), num_classes=10,
+    )
+
+
+def read_idx(name: str, path: Path) -> np.ndarray:
+    """Read one (optionally gzipped) IDX file of unsigned bytes: magic, dims, then the data."""
+    if not path.exists() and path.suffix == ".gz" and path.with_suffix("").exists():
+        path = path.with_suffix("")  # an already unpacked copy
+    if not path.exists():
+        raise DataError(f"{name}: missing {path}; {HOW_TO_GET[name]}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+        zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+        if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
+            raise ValueError(f"bad IDX magic number {raw[:4].hex()}")
+        dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+        data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        if data.size != int(np.prod(dims)):
+            raise ValueError(f"expected {int(np.prod(dims))} values, found {data.size}")
+    except (OSError, EOFError, ValueError, struct.error) as exc:
+        raise DataError(f"{name}: corrupt file {path} ({exc}); {HOW_TO_GET[name]}") from None
+    return data.reshape(dims)
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+class TensorBatches:
+    """Batches sliced from a tensor held in memory (on the training device).
+
+    A fresh permutation per epoch, drawn from ``seed + epoch`` so that a run is reproducible and
+    the order does not depend on how many batches an earlier epoch consumed. Much faster than a
+    DataLoader collating rows one by one for samples this small.
+    """
+
+    def __init__(
+        self,
+        data: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        steps: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        self.data = data
+        self.batch_size = min(batch_size, len(data))
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        full = len(data) // self.batch_size if drop_last else math.ceil(len(data) / self.batch_size)
+        self.steps = steps if steps is not None else full
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[Tensor]:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        n = len(self.data)
+        taken = 0
+        while taken < self.steps:
+            order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+            order = order.to(self.data.device)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                if self.drop_last and len(idx) < self.batch_size:
+                    break
+                yield self.data[idx]
+                taken += 1
+                if taken == self.steps:
+                    return

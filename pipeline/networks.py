@@ -1,0 +1,128 @@
+"""The generator and discriminator: plain ``nn.Module`` MLPs, no Lightning, plain arguments.
+
+Both are rebuilt from the same keyword arguments when a model is exported, so every constructor
+argument is a JSON-friendly value (ints, floats, strings, lists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def activation_layer(name: str, leaky_slope: float = 0.2) -> nn.Module:
+    if name == "leaky_relu":
+        return nn.LeakyReLU(leaky_slope)
+    layers: dict[str, type[nn.Module]] = {
+        "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+    }
+    return layers[name]()
+
+
+def norm_layer(name: str, width: int) -> nn.Module | None:
+    if name == "batch":
+        return nn.BatchNorm1d(width)
+    if name == "layer":
+        return nn.LayerNorm(width)
+    return None
+
+
+def mlp(
+    in_dim: int,
+    hidden: Sequence[int],
+    out_dim: int,
+    *,
+    activation: str,
+    leaky_slope: float,
+    norm: str,
+    dropout: float,
+    spectral_norm: bool = False,
+) -> nn.Sequential:
+    """Linear -> [norm] -> activation -> [dropout] per hidden layer, then a linear output."""
+    layers: list[nn.Module] = []
+    widths = [in_dim, *hidden]
+    for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+        layers.append(linear(width_in, width_out, spectral_norm))
+        norm_mod = norm_layer(norm, width_out)
+        if norm_mod is not None:
+            layers.append(norm_mod)
+        layers.append(activation_layer(activation, leaky_slope))
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(linear(widths[-1], out_dim, spectral_norm))
+    return nn.Sequential(*layers)
+
+
+def linear(width_in: int, width_out: int, spectral_norm: bool) -> nn.Module:
+    layer = nn.Linear(width_in, width_out)
+    if spectral_norm:
+        return nn.utils.parametrizations.spectral_norm(layer)
+    return layer
+
+
+class Generator(nn.Module):
+    """z (B, latent_dim) -> samples (B, out_dim); tanh output for images scaled to [-1, 1]."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        out_dim: int,
+        hidden: Sequence[int],
+        activation: str = "relu",
+        leaky_slope: float = 0.2,
+        norm: str = "none",
+        dropout: float = 0.0,
+        output_activation: str = "none",
+    ) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.out_dim = out_dim
+        self.net = mlp(
+            latent_dim, hidden, out_dim,
+            activation=activation, leaky_slope=leaky_slope, norm=norm, dropout=dropout,
+        )
+        self.out = nn.Tanh() if output_activation == "tanh" else nn.Identity()
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.out(self.net(z))
+
+
+class Discriminator(nn.Module):
+    """samples (B, in_dim) -> one logit per pack of ``pack`` samples (B // pack,).
+
+    PacGAN packing: D sees ``pack`` samples concatenated, which lets it notice a lack of
+    diversity. A trailing remainder that does not fill a pack is dropped. No sigmoid: the losses
+    work on logits.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: Sequence[int],
+        activation: str = "relu",
+        leaky_slope: float = 0.2,
+        norm: str = "none",
+        dropout: float = 0.0,
+        spectral_norm: bool = False,
+        pack: int = 1,
+    ) -> None:
+        super().__init__()
+        self.pack = pack
+        self.net = mlp(
+            in_dim * pack, hidden, 1,
+            activation=activation, leaky_slope=leaky_slope, norm=norm, dropout=dropout,
+            spectral_norm=spectral_norm,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        usable = (len(x) // self.pack) * self.pack
+        packed = x[:usable].reshape(usable // self.pack, -1)
+        return self.net(packed).squeeze(-1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+

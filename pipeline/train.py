@@ -1,0 +1,200 @@
+"""fit(config) -> FitResult: data, networks, module, Trainer and one MLflow run.
+
+Shared by ``python -m pipeline train`` and by every trial of a study, so a trial is exactly a
+single run with sampled overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import yaml
+
+from pipeline.callbacks import MlflowMetrics
+from pipeline.config import Config, DataConfig, EvalConfig, ModelConfig
+from pipeline.data import Dataset, TensorBatches, load_dataset
+from pipeline.metrics import Evaluator
+from pipeline.module import GANModule
+from pipeline.networks import Discriminator, Generator, count_parameters
+from pipeline.plots import samples_png
+from pipeline.tracking import mlflow_run, tracking_uri
+
+# Lightning prints device and model banners for every fit; a study runs hundreds of fits.
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+
+
+@dataclass
+class FitResult:
+    run_id: str
+    metrics: dict[str, float]  # the last evaluation, keys 'val/<name>'
+    history: dict[str, list[float]]  # 'val/<name>' -> one value per evaluation
+    epochs_evaluated: list[int]
+
+
+def fit(
+    cfg: Config,
+    *,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    extra_params: Mapping[str, Any] | None = None,
+    callbacks: Sequence[L.Callback] = (),
+    killed_by: Mapping[type[BaseException], Mapping[str, str]] | None = None,
+    device: str | None = None,
+) -> FitResult:
+    """Train one configuration, tracked as one MLflow run; returns its metrics.
+
+    Everything that can fail on bad input (config, data files, the feature classifier) happens
+    before the MLflow run is created, so a mistake leaves no half-logged run behind.
+    """
+    cfg.validate()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = device or default_device(cfg.train.accelerator)
+    dataset = cached_dataset(cfg.data, cfg.train.seed)
+    evaluator = cached_evaluator(cfg.data, cfg.eval, cfg.train.seed, device)
+
+    L.seed_everything(cfg.train.seed, verbose=False)
+    generator = Generator(**generator_kwargs(cfg.model, dataset))
+    discriminator = Discriminator(**discriminator_kwargs(cfg.model, dataset))
+    t = cfg.train
+    module = GANModule(
+        generator, discriminator, loss=t.loss, n_critic=t.n_critic, gp_weight=t.gp_weight,
+        g_lr=t.g_lr, d_lr=t.d_lr, g_betas=t.g_betas, d_betas=t.d_betas, evaluator=evaluator,
+        n_picture=64 if dataset.is_images else cfg.eval.n_samples, seed=t.seed,
+    )
+    train_batches = TensorBatches(dataset.train.to(device), t.batch_size, seed=t.seed,
+                                  steps=t.steps_per_epoch)
+    eval_z = torch.randn(cfg.eval.n_samples, cfg.model.latent_dim,
+                         generator=torch.Generator().manual_seed(t.seed + 2)).to(device)
+    eval_batches = TensorBatches(eval_z, 4096, shuffle=False, drop_last=False)
+
+    run_tags = {
+        "dataset": dataset.name,
+        "fid_features": evaluator.feature_name,
+        "device": device,
+        **(tags or {}),
+    }
+    uri = tracking_uri(cfg.tracking.tracking_uri)
+    with mlflow_run(uri, cfg.tracking.experiment, run_name=run_name, parent_run_id=parent_run_id,
+                    tags=run_tags, killed_by=killed_by) as run:
+        params: dict[str, Any] = dict(cfg.flat())
+        params["model.g_parameters"] = count_parameters(generator)
+        params["model.d_parameters"] = count_parameters(discriminator)
+        if evaluator.classifier_accuracy is not None:
+            params["eval.classifier_test_accuracy"] = round(evaluator.classifier_accuracy, 4)
+        params.update(extra_params or {})
+        run.log_params(params)
+
+        tracker = MlflowMetrics(run, dataset, log_every_n_steps=t.log_every_n_steps,
+                                sample_every_n_epochs=t.sample_every_n_epochs)
+        trainer = L.Trainer(
+            accelerator="gpu" if device.startswith("cuda") else "cpu",
+            devices=[int(device.split(":")[1])] if device.startswith("cuda:") else 1,
+            max_epochs=t.epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=t.progress_bar,
+            check_val_every_n_epoch=cfg.eval.every_n_epochs,
+            num_sanity_val_steps=0,
+            deterministic=True,
+            callbacks=[tracker, *callbacks],  # tracker first: it logs before a pruner raises
+        )
+        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=eval_batches)
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+
+        tracker.log_picture(module, "samples/final.png", f"after {t.epochs} epochs")
+        if cfg.tracking.log_weights:
+            log_weights(run, module, cfg, dataset)
+        final = {k: v[-1] for k, v in tracker.history.items()}
+        return FitResult(run.run_id, final, dict(tracker.history), tracker.epochs_evaluated)
+
+
+def default_device(accelerator: str) -> str:
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        # cuBLAS is only deterministic with a fixed workspace; must be set before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        return "cuda:0"
+    if accelerator == "mps":
+        return "mps"
+    return "cpu"
+
+
+def generator_kwargs(model: ModelConfig, dataset: Dataset) -> dict[str, Any]:
+    out_act = model.output_activation
+    if out_act == "auto":
+        out_act = "tanh" if dataset.is_images else "none"
+    return {
+        "latent_dim": model.latent_dim, "out_dim": dataset.dim, "hidden": list(model.g_hidden),
+        "activation": model.activation, "leaky_slope": model.leaky_slope, "norm": model.g_norm,
+        "dropout": model.g_dropout, "output_activation": out_act,
+    }
+
+
+def discriminator_kwargs(model: ModelConfig, dataset: Dataset) -> dict[str, Any]:
+    return {
+        "in_dim": dataset.dim, "hidden": list(model.d_hidden), "activation": model.activation,
+        "leaky_slope": model.leaky_slope, "norm": model.d_norm, "dropout": model.d_dropout,
+        "spectral_norm": model.spectral_norm, "pack": model.pack,
+    }
+
+
+def log_weights(run: Any, module: GANModule, cfg: Config, dataset: Dataset) -> None:
+    """model/: state dicts, the constructor arguments and the resolved config (export reads it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        torch.save(module.generator.state_dict(), folder / "generator.pt")
+        torch.save(module.discriminator.state_dict(), folder / "discriminator.pt")
+        meta = {
+            "generator_kwargs": generator_kwargs(cfg.model, dataset),
+            "discriminator_kwargs": discriminator_kwargs(cfg.model, dataset),
+            "dataset": dataset.name,
+            "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
+            "output_scale": "[-1, 1] (images)" if dataset.is_images else "raw 2-D coordinates",
+        }
+        (folder / "generator.json").write_text(json.dumps(meta, indent=2))
+        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        run.log_dir(folder, "model")
+
+
+# A study worker runs many trials on the same data: load it and prepare the real-data side of
+# the metrics once per worker, not once per trial. Keys are JSON because the configs hold lists.
+def _data_key(data: DataConfig, seed: int) -> tuple[str, int]:
+    # Mixtures are drawn from the seed; image datasets are fixed files.
+    return json.dumps(dataclasses.asdict(data), sort_keys=True), seed if data.name in (
+        "ring8", "grid25") else 0
+
+
+@lru_cache(maxsize=2)
+def _dataset(data_json: str, seed: int) -> Dataset:
+    return load_dataset(DataConfig(**json.loads(data_json)), seed)
+
+
+@lru_cache(maxsize=2)
+def _evaluator(data_json: str, seed: int, eval_json: str, device: str) -> Evaluator:
+    ev = EvalConfig(**json.loads(eval_json))
+    return Evaluator(_dataset(data_json, seed), n_samples=ev.n_samples, metrics=ev.metrics,
+                     cache_dir=Path(ev.cache_dir), seed=0, device=device)
+
+
+def cached_dataset(data: DataConfig, seed: int) -> Dataset:
+    return _dataset(*_data_key(data, seed))
+
+
+def cached_evaluator(data: DataConfig, ev: EvalConfig, seed: int, device: str) -> Evaluator:
+    eval_json = json.dumps(dataclasses.asdict(ev), sort_keys=True)
+    return _evaluator(*_data_key(data, seed), eval_json, device)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline import losses
+from pipeline.networks import Discriminator, Generator
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "gelu", "silu", "tanh"])
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
+def test_generator_shapes(activation: str, norm: str) -> None:
+    g = Generator(latent_dim=5, out_dim=64, hidden=[16, 8], activation=activation, norm=norm,
+                  dropout=0.1, output_activation="tanh")
+    out = g(torch.randn(12, 5))
+    assert out.shape == (12, 64)
+    assert out.abs().max() <= 1.0
+    linears = [m for m in g.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(5, 16), (16, 8), (8, 64)]
+
+
+def test_generator_unbounded_for_points() -> None:
+    g = Generator(latent_dim=2, out_dim=2, hidden=[8])
+    with torch.no_grad():
+        g.net[-1].bias.fill_(10.0)
+    assert g(torch.randn(4, 2)).min() > 5.0
+
+
+def test_discriminator_packing() -> None:
+    d = Discriminator(in_dim=2, hidden=[16], pack=4)
+    assert d(torch.randn(10, 2)).shape == (2,)  # remainder of 2 samples dropped
+    first = d.net[0]
+    assert first.in_features == 8
+
+
+def test_discriminator_spectral_norm() -> None:
+    d = Discriminator(in_dim=3, hidden=[32, 32], spectral_norm=True)
+    names = [n for n, _ in d.named_parameters()]
+    assert any("parametrizations.weight" in n for n in names)
+    for _ in range(20):  # power iterations converge in training mode
+        d(torch.randn(8, 3))
+    layer = d.net[0]
+    sigma = torch.linalg.matrix_norm(layer.weight.detach(), ord=2)
+    assert sigma.item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_dropout_only_when_asked() -> None:
+    assert not any(isinstance(m, nn.Dropout) for m in Discriminator(2, [8]).modules())
+    assert any(isinstance(m, nn.Dropout) for m in Discriminator(2, [8], dropout=0.3).modules())
+
+
+@pytest.mark.parametrize("kind", ["bce", "hinge", "lsgan", "wgan-gp"])
+def test_losses_prefer_the_right_side(kind: str) -> None:
+    good_d = losses.d_loss(kind, torch.full((8,), 3.0), torch.full((8,), -3.0))
+    bad_d = losses.d_loss(kind, torch.full((8,), -3.0), torch.full((8,), 3.0))
+    assert good_d < bad_d
+    assert losses.g_loss(kind, torch.full((8,), 3.0)) < losses.g_loss(kind, torch.full((8,), -3.0))
+
+
+def test_bce_matches_torch() -> None:
+    r, f = torch.randn(16), torch.randn(16)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    expected = bce(r, torch.ones(16)) + bce(f, torch.zeros(16))
+    assert torch.allclose(losses.d_loss("bce", r, f), expected)
+    assert torch.allclose(losses.g_loss("bce", f), bce(f, torch.ones(16)))
+
+
+def test_gradient_penalty_zero_for_unit_slope() -> None:
+    # D(x) = x . w with ||w|| = 1 has gradient norm exactly 1 everywhere.
+    w = torch.tensor([0.6, 0.8])
+    gp = losses.gradient_penalty(lambda x: x @ w, torch.randn(32, 2), torch.randn(32, 2))
+    assert gp.item() == pytest.approx(0.0, abs=1e-10)
+    gp2 = losses.gradient_penalty(lambda x: x @ (3 * w), torch.randn(32, 2), torch.randn(32, 2))
+    assert gp2.item() == pytest.approx(4.0, rel=1e-5)
