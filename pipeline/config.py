@@ -184,14 +184,16 @@ def load_config(
     path: str | Path | None = None,
     overrides: Iterable[str] = (),
     *,
+    extra: Mapping[str, Any] | None = None,
     defaults: str | Path | None = DEFAULTS_FILE,
 ) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides, validated."""
+    """Defaults <- YAML file <- ``extra`` (nested, e.g. a study's base) <- ``key=value``."""
     merged: dict[str, Any] = {}
     if defaults is not None and Path(defaults).exists():
         merged = _deep_merge(merged, read_yaml(defaults))
     if path is not None:
         merged = _deep_merge(merged, read_yaml(path))
+    merged = _deep_merge(merged, extra or {})
     merged = _deep_merge(merged, parse_overrides(overrides))
     return config_from_dict(merged)
 
@@ -237,12 +239,13 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
-    config = _build(Config, data, prefix="")
+    config = build_dataclass(Config, data, prefix="")
     config.validate()
     return config
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
+    """A dataclass from a mapping, each value checked against its type hint; unknown keys fail."""
     where = prefix.rstrip(".") or "config"
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: got {data!r}, expected a mapping")
@@ -257,7 +260,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, prefix=f"{prefix}{name}.")
+            kwargs[name] = build_dataclass(hint, value, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = coerce(f"{prefix}{name}", value, hint)
     return cls(**kwargs)
@@ -265,7 +268,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a type hint (int, float, str, bool, list[...], X | None)."""
+    if hint is Any:
+        return value
     origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: got {value!r}, expected a mapping")
+        return dict(value)
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:

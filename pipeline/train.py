@@ -10,8 +10,10 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import tempfile
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -53,6 +55,7 @@ def fit(
     callbacks: Sequence[L.Callback] = (),
     killed_by: Mapping[type[BaseException], Mapping[str, str]] | None = None,
     device: str | None = None,
+    on_run_start: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train one configuration, tracked as one MLflow run; returns its metrics.
 
@@ -90,6 +93,8 @@ def fit(
     uri = tracking_uri(cfg.tracking.tracking_uri)
     with mlflow_run(uri, cfg.tracking.experiment, run_name=run_name, parent_run_id=parent_run_id,
                     tags=run_tags, killed_by=killed_by) as run:
+        if on_run_start is not None:
+            on_run_start(run.run_id)
         params: dict[str, Any] = dict(cfg.flat())
         params["model.g_parameters"] = count_parameters(generator)
         params["model.d_parameters"] = count_parameters(discriminator)
@@ -113,9 +118,16 @@ def fit(
             deterministic=True,
             callbacks=[tracker, *callbacks],  # tracker first: it logs before a pruner raises
         )
-        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=eval_batches)
-        if trainer.interrupted:
-            raise KeyboardInterrupt
+        try:
+            trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=eval_batches)
+        except SystemExit:
+            # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: restore
+            # Ctrl-C and report it as what it was, so the run ends KILLED rather than FAILED.
+            if not trainer.interrupted:
+                raise
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt from None
 
         tracker.log_picture(module, "samples/final.png", f"after {t.epochs} epochs")
         if cfg.tracking.log_weights:

@@ -23,7 +23,9 @@ def mixture_mode_metrics(samples: Tensor, centres: Tensor, std: float) -> dict[s
     KL(histogram of high-quality samples over modes || uniform), log K when none is high quality.
     """
     if samples.ndim != 2 or samples.shape[1] != centres.shape[1]:
-        raise ValueError(f"samples {tuple(samples.shape)} do not match centres {tuple(centres.shape)}")
+        raise ValueError(
+            f"samples {tuple(samples.shape)} do not match centres {tuple(centres.shape)}"
+        )
     if len(samples) == 0:
         raise ValueError("no samples")
     num_modes = len(centres)
@@ -36,7 +38,9 @@ def mixture_mode_metrics(samples: Tensor, centres: Tensor, std: float) -> dict[s
     if n_good == 0:
         reverse_kl = math.log(num_modes)
     else:
-        reverse_kl = kl_divergence(counts / n_good, torch.full((num_modes,), 1.0 / num_modes))
+        reverse_kl = kl_divergence(
+            counts / n_good, torch.full((num_modes,), 1.0 / num_modes, dtype=torch.float64)
+        )
     return {
         "modes_covered": float((counts > 0).sum()),
         "high_quality": n_good / len(samples),

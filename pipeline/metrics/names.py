@@ -24,7 +24,9 @@ ALL_METRICS = COMMON_METRICS + MODE_METRICS + IMAGE_METRICS
 def applicable_metrics(kind: str, has_centres: bool = True) -> tuple[str, ...]:
     """All metrics that can be computed for a dataset of this kind."""
     if kind not in METRICS_BY_KIND:
-        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(METRICS_BY_KIND)}")
+        raise ValueError(
+            f"unknown dataset kind {kind!r}; expected one of {sorted(METRICS_BY_KIND)}"
+        )
     names = METRICS_BY_KIND[kind]
     if kind == "points" and not has_centres:
         names = tuple(name for name in names if name not in MODE_METRICS)
@@ -42,9 +44,7 @@ def resolve_metrics(
         requested = [requested]
     unknown = [name for name in requested if name not in ALL_METRICS]
     if unknown:
-        raise ValueError(
-            f"unknown metric name(s) {unknown}; allowed names are {list(ALL_METRICS)}"
-        )
+        raise ValueError(f"unknown metric name(s) {unknown}; allowed names are {list(ALL_METRICS)}")
     inapplicable = [name for name in requested if name not in allowed]
     if inapplicable:
         raise ValueError(

@@ -12,16 +12,20 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-# Upper bound on one block of the distance matrix; float64, so 64 MB is 8M distances.
-BLOCK_BYTES = 64 * 2**20
+# One block of the distance matrix (float64); the caller's previous block may still be alive.
+BLOCK_BYTES = 32 * 2**20
 
 
 def _row_blocks(a: Tensor, b: Tensor) -> Iterator[tuple[slice, Tensor]]:
-    """(rows, distances from a[rows] to all of b), block by block."""
+    """(rows, Euclidean distances from a[rows] to all of b), block by block."""
     rows = max(1, BLOCK_BYTES // (8 * len(b)))
+    b_sq = b.square().sum(dim=1)
     for start in range(0, len(a), rows):
         block = slice(start, start + rows)
-        yield block, torch.cdist(a[block], b)
+        x = a[block]
+        # In place on the matmul's output: torch.cdist allocates several block-sized temporaries.
+        dist = (x @ b.T).mul_(-2).add_(x.square().sum(dim=1, keepdim=True)).add_(b_sq)
+        yield block, dist.clamp_(min=0).sqrt_()
 
 
 def knn_radii(feats: Tensor, ks: tuple[int, ...]) -> dict[int, Tensor]:

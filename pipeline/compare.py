@@ -1,0 +1,143 @@
+"""Top-K trials of a study, read from Optuna and MLflow (which must agree), and one figure.
+
+Complete trials are ranked by their objective; pruned ones follow, ranked by the last value they
+reported. The figure shows the top trials' final sample pictures with their scores, and their
+per-epoch objective curves on one plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+
+from pipeline.plots import figure_png  # noqa: E402
+from pipeline.study import StudyDefinition, find_study  # noqa: E402
+from pipeline.sweep import PARENT_ATTR, RUN_ATTR  # noqa: E402
+from pipeline.tracking import RunLogger, get_client, tracking_uri  # noqa: E402
+
+MAIN_METRICS = ("fid", "modes_covered", "classes_covered", "high_quality", "reverse_kl",
+                "class_kl")
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+class DisagreementError(RuntimeError):
+    """Optuna's objective for a trial differs from the one its MLflow run recorded."""
+
+
+def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[str, Any]]:
+    sign = 1.0 if defn.spec.objective.direction == "minimize" else -1.0
+    candidates = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
+            candidates.append((0, sign * t.value, t, t.value))
+        elif t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values:
+            last = t.intermediate_values[max(t.intermediate_values)]
+            candidates.append((1, sign * last, t, last))
+    candidates.sort(key=lambda c: (c[0], c[1]))
+    client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
+    rows = []
+    for rank, (_, _, trial, value) in enumerate(candidates[:k], start=1):
+        run_id = trial.user_attrs.get(RUN_ATTR, "")
+        metrics = client.get_run(run_id).data.metrics if run_id else {}
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            recorded = metrics.get("objective")
+            if recorded is None or not math.isclose(recorded, value, rel_tol=1e-6, abs_tol=1e-9):
+                raise DisagreementError(f"trial {trial.number}: Optuna says {value}, its MLflow "
+                                        f"run {run_id} says {recorded}")
+        row: dict[str, Any] = {"rank": rank, "trial": trial.number, "state": trial.state.name,
+                               "objective": value}
+        for name in MAIN_METRICS:
+            if f"val/{name}" in metrics:
+                row[name] = metrics[f"val/{name}"]
+        row.update({f"p:{k}": v for k, v in sorted(trial.params.items())})
+        row["run_id"] = run_id
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows: Sequence[dict[str, Any]], fmt: str) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    if fmt == "json":
+        return json.dumps(list(rows), indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(r) + " |" for r in cells]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> bytes:
+    """Top row: each trial's final samples with its scores; bottom: objective per epoch."""
+    client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
+    metric = defn.spec.objective.metric
+    n = max(len(rows), 1)
+    fig = plt.figure(figsize=(3.2 * n, 7))
+    grid = fig.add_gridspec(2, n, height_ratios=[1, 0.9])
+    curves = fig.add_subplot(grid[1, :])
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, row in enumerate(rows):
+            ax = fig.add_subplot(grid[0, i])
+            ax.axis("off")
+            scores = ", ".join(f"{k} {row[k]:.3g}" for k in MAIN_METRICS[:4] if k in row)
+            ax.set_title(f"#{row['rank']} trial {row['trial']} ({row['state'].lower()})\n"
+                         f"objective {row['objective']:.4g}\n{scores}", fontsize=7)
+            if not row["run_id"]:
+                continue
+            try:
+                png = client.download_artifacts(row["run_id"], "samples/final.png", tmp)
+                ax.imshow(plt.imread(png))
+            except Exception:  # a pruned trial stops before its final picture
+                ax.text(0.5, 0.5, "no final samples", ha="center", va="center")
+            history = client.get_metric_history(row["run_id"], metric)
+            steps = [m.step for m in sorted(history, key=lambda m: m.step)]
+            values = [m.value for m in sorted(history, key=lambda m: m.step)]
+            curves.plot(steps, values, marker=".", label=f"trial {row['trial']}")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel(metric)
+    curves.legend(fontsize=7)
+    curves.grid(alpha=0.3)
+    fig.suptitle(f"study {defn.name}: top {len(rows)} by {defn.spec.objective.direction} {metric}")
+    return figure_png(fig)
+
+
+def compare(study_name: str, *, top: int = 5, fmt: str = "table", storage: str | None = None,
+            figure_path: str | Path | None = None) -> tuple[str, Path]:
+    study, defn = find_study(study_name, storage)
+    rows = top_trials(study, defn, top)
+    png = comparison_figure(rows, defn)
+    path = Path(figure_path) if figure_path else Path("runs") / "compare" / f"{study_name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png)
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent:
+        client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
+        RunLogger(client, parent).log_bytes(png, "comparison/top_trials.png")
+    return format_rows(rows, fmt), path

@@ -1,0 +1,102 @@
+"""Mixture mode metrics (PacGAN / VEEGAN protocol) and class-histogram metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.metrics import class_metrics, kl_divergence, mixture_mode_metrics
+
+P_WITHIN_3_STD = 1 - math.exp(-4.5)  # P(chi2 with 2 dof <= 9) = 0.98889
+
+
+def ring8_centres() -> torch.Tensor:
+    angles = 2 * math.pi * torch.arange(8) / 8
+    return torch.stack([angles.cos(), angles.sin()], dim=1)
+
+
+def grid25_centres() -> torch.Tensor:
+    axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    return torch.cartesian_prod(axis, axis)
+
+
+def mixture_samples(centres: torch.Tensor, std: float, n: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    which = torch.randint(len(centres), (n,), generator=gen)
+    return centres[which] + std * torch.randn(n, 2, generator=gen)
+
+
+@pytest.mark.parametrize(
+    ("centres", "std"), [(ring8_centres(), 0.01), (grid25_centres(), 0.05)], ids=["ring8", "grid25"]
+)
+def test_true_mixture_samples_score_perfectly(centres: torch.Tensor, std: float) -> None:
+    scores = mixture_mode_metrics(mixture_samples(centres, std, 2500, seed=0), centres, std)
+    assert scores["modes_covered"] == len(centres)
+    assert scores["high_quality"] == pytest.approx(P_WITHIN_3_STD, abs=0.01)
+    assert 0 <= scores["reverse_kl"] < 0.01
+
+
+@pytest.mark.parametrize("centres", [ring8_centres(), grid25_centres()], ids=["ring8", "grid25"])
+def test_all_samples_in_one_mode(centres: torch.Tensor) -> None:
+    collapsed = mixture_samples(centres[3:4], 0.01, 2500, seed=1)
+    scores = mixture_mode_metrics(collapsed, centres, 0.01)
+    assert scores["modes_covered"] == 1
+    assert scores["reverse_kl"] == pytest.approx(math.log(len(centres)), rel=1e-12)
+
+
+def test_half_the_modes_gives_log_two() -> None:
+    centres = ring8_centres()
+    # Exactly on four of the eight centres, equally often: KL(uniform on 4 || uniform on 8).
+    samples = centres[torch.arange(400) % 4]
+    scores = mixture_mode_metrics(samples, centres, 0.01)
+    expected = {"modes_covered": 4.0, "high_quality": 1.0, "reverse_kl": pytest.approx(math.log(2))}
+    assert scores == expected
+
+
+def test_far_samples_are_low_quality_and_cover_nothing() -> None:
+    centres = ring8_centres()
+    samples = torch.zeros(100, 2)  # the ring's centre, 1.0 from every mode: 100 std away
+    scores = mixture_mode_metrics(samples, centres, 0.01)
+    assert scores["modes_covered"] == 0
+    assert scores["high_quality"] == 0
+    assert scores["reverse_kl"] == pytest.approx(math.log(8))
+
+
+def test_high_quality_threshold_is_three_std() -> None:
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    samples = torch.tensor([[0.029, 0.0], [0.031, 0.0], [10.0, 0.0299], [10.0, -0.0301]])
+    scores = mixture_mode_metrics(samples, centres, std=0.01)
+    assert scores["high_quality"] == 0.5
+    assert scores["modes_covered"] == 2
+
+
+def test_kl_divergence_known_values() -> None:
+    p = torch.tensor([0.5, 0.5, 0.0])
+    q = torch.tensor([0.25, 0.25, 0.5])
+    assert kl_divergence(p, q) == pytest.approx(math.log(2))
+    assert kl_divergence(q, q) == 0
+
+
+def test_real_like_class_histogram() -> None:
+    real = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    preds = torch.repeat_interleave(torch.arange(4), torch.tensor([100, 200, 300, 400]))
+    scores = class_metrics(preds, real, num_classes=4)
+    assert scores["classes_covered"] == 4
+    assert scores["class_kl"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_one_class_predictions() -> None:
+    real = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    scores = class_metrics(torch.full((500,), 1), real, num_classes=4)
+    assert scores["classes_covered"] == 1
+    assert scores["class_kl"] == pytest.approx(math.log(1 / 0.2))
+
+
+def test_class_coverage_threshold_is_a_tenth_of_the_uniform_share() -> None:
+    # 10 classes: a class needs >= 1% of predictions. 10/1000 counts, 9/1000 does not.
+    counts = torch.tensor([10, 9, 0, 0, 0, 0, 0, 0, 0, 981])
+    preds = torch.repeat_interleave(torch.arange(10), counts)
+    scores = class_metrics(preds, torch.full((10,), 0.1), num_classes=10)
+    assert scores["classes_covered"] == 2

@@ -1,0 +1,174 @@
+"""Study files, the search space, and the smoke study end to end in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import PROJECT_ROOT, ConfigError
+from pipeline.search_space import sample
+from pipeline.study import load_study_file, parse_study
+from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
+
+SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
+SPACE = """
+search_space:
+  model.g_layers: {type: int, low: 1, high: 3}
+  model.g_width: {type: int, low: 16, high: 64, log: true}
+  model.activation: {type: categorical, choices: [relu, leaky_relu]}
+  model.leaky_slope: {type: float, low: 0.1, high: 0.3}
+  train.g_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  train.beta1: {type: categorical, choices: [0.0, 0.5]}
+  train.gp_weight: {type: float, low: 1, high: 10}
+"""
+
+
+def test_shipped_studies_load() -> None:
+    for path in sorted((PROJECT_ROOT / "studies").glob("*.yaml")):
+        defn = load_study_file(path)
+        assert defn.name == path.stem
+        assert defn.spec.objective.metric.startswith("val/")
+    assert load_study_file(SMOKE).base.train.epochs == 3  # budget.epochs overrides the base
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("serch_space: {}", "unknown key 'serch_space'"),
+        ("search_space: {train.g_lrr: {type: float, low: 1, high: 2}}",
+         "search_space.train.g_lrr: unknown key"),
+        ("search_space: {train.g_lr: {type: float, low: 1.0e-2, high: 1.0e-4}}",
+         "low (0.01) is greater than high"),
+        ("search_space: {train.g_lr: {type: float, low: 0.0, high: 1.0e-2}}",
+         "search_space.train.g_lr: value 0.0 is invalid (train.g_lr: got 0.0"),
+        ("search_space: {model.g_width: {type: int, low: 0, high: 8}}",
+         "search_space.model.g_width: value 0 is invalid"),
+        ("search_space: {model.activation: {type: categorical, choices: [relu, swish]}}",
+         "value 'swish' is invalid"),
+        ("search_space: {train.g_lr: {type: float, low: 1.0e-4, high: 1.0e-2, lg: true}}",
+         "unknown key 'search_space.train.g_lr.lg'"),
+        ("search_space: {model.g_layers: {type: int, low: 1, high: 3}}",
+         "needs model.g_width"),
+        ("search_space: {train.g_lr: {type: uniform, low: 1, high: 2}}", "type: got 'uniform'"),
+        ("objective: {metric: val/accuracy}\n" + SPACE, "objective.metric: got 'val/accuracy'"),
+        ("sampler: {name: grid}\n" + SPACE, "sampler.name: got 'grid'"),
+        ("pruner: {name: asha}\n" + SPACE, "pruner.name: got 'asha'"),
+        ("budget: {n_trials: 0}\n" + SPACE, "budget.n_trials"),
+        ("base: {train: {epoch: 3}}\n" + SPACE, "unknown key 'train.epoch'"),
+    ],
+)
+def test_bad_study_files_are_rejected(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_study(text, default_name="t")
+    assert fragment in str(info.value)
+
+
+def test_conditional_parameters() -> None:
+    defn = parse_study(SPACE, default_name="t")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_slopes = seen_relu = 0
+    for _ in range(30):
+        trial = study.ask()
+        nested, sampled = sample(trial, defn.space, defn.base.to_dict())
+        layers = sampled["model.g_layers"]
+        assert len(nested["model"]["g_hidden"]) == layers
+        assert nested["model"]["g_hidden"] == [sampled[f"model.g_width_{i}"] for i in range(layers)]
+        assert not any(f"model.g_width_{i}" in trial.params for i in range(layers, 3))
+        if sampled["model.activation"] == "leaky_relu":
+            assert "model.leaky_slope" in trial.params
+            seen_slopes += 1
+        else:
+            assert "model.leaky_slope" not in trial.params
+            seen_relu += 1
+        assert "train.gp_weight" not in trial.params  # the base loss is hinge, not wgan-gp
+        assert nested["train"]["g_betas"][0] == nested["train"]["d_betas"][0] == sampled[
+            "train.beta1"]
+        study.tell(trial, 0.0)
+    assert seen_slopes and seen_relu
+
+
+def test_when_condition() -> None:
+    defn = parse_study("""
+search_space:
+  train.loss: {type: categorical, choices: [hinge, wgan-gp]}
+  train.gp_weight: {type: float, low: 1, high: 10}
+  train.n_critic: {type: int, low: 1, high: 5, when: {train.loss: wgan-gp}}
+""", default_name="t")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        _, sampled = sample(trial, defn.space, defn.base.to_dict())
+        wgan = sampled["train.loss"] == "wgan-gp"
+        assert ("train.n_critic" in sampled) == wgan
+        assert ("train.gp_weight" in sampled) == wgan
+        study.tell(trial, 0.0)
+
+
+@pytest.fixture
+def study_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri, str(tmp_path / "optuna.journal")
+
+
+def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
+    uri, storage = study_env
+    summary = run_sweep(SMOKE, storage=storage, progress=False)
+    study = optuna.load_study(study_name="smoke", storage=_journal(storage))
+    finished = [t for t in study.trials if t.state.is_finished()]
+    states = [t.state for t in finished]
+    assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+               for s in states) == 4
+    assert summary.n_finished == 4
+
+    client = MlflowClient(tracking_uri=uri)
+    parent_id = study.user_attrs[PARENT_ATTR]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["optuna_study"] == "smoke"
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == len(study.trials)
+    by_id = {r.info.run_id: r for r in children}
+    for trial in study.trials:
+        run = by_id[trial.user_attrs[RUN_ATTR]]
+        assert run.data.tags["optuna_trial"] == str(trial.number)
+        assert run.info.run_name.startswith(f"trial-{trial.number:03d} ")
+        for key, value in trial.params.items():
+            assert run.data.params[f"sampled.{key}"] == str(value)
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert run.info.status == "KILLED"
+            assert run.data.tags["optuna_state"] == "PRUNED"
+            assert "val/fid" in run.data.metrics  # metrics kept
+        elif trial.state == optuna.trial.TrialState.COMPLETE:
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["objective"] == pytest.approx(trial.value)
+
+    best = study.best_trial
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert parent.data.tags["best_trial"] == str(best.number)
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"trials.csv", "study.yaml", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(parent_id, "plots")}
+    assert "plots/optimization_history.png" in plots
+
+    # Resume: the same study, only the missing trials added, the same parent run.
+    run_sweep(SMOKE, n_trials=6, storage=storage, progress=False)
+    study = optuna.load_study(study_name="smoke", storage=_journal(storage))
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                       optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 6
+    assert study.user_attrs[PARENT_ATTR] == parent_id
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == len(study.trials)
+    assert len({c.info.run_id for c in children}) == len(children)
+
+
+def _journal(path: str) -> optuna.storages.JournalStorage:
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(path))

@@ -1,0 +1,139 @@
+"""A tiny training run end to end, read back from a tmp_path MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.__main__ import main
+from pipeline.networks import Generator
+from pipeline.train import fit
+
+
+def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> None:
+    cfg = tiny_config()
+    result = fit(cfg)
+    client = MlflowClient(tracking_uri=store_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+
+    # every resolved config value is a param
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.params["data.name"] == "grid25"
+    assert run.data.params["model.g_hidden"] == "[32, 32]"
+    assert set(cfg.flat()) <= set(run.data.params)
+    assert run.data.tags["dataset"] == "grid25"
+    assert run.data.tags["fid_features"] == "coordinates"
+    assert run.data.tags["package_version"]
+    assert run.data.tags["git_commit"]
+
+    # per-epoch validation metrics at step = epoch
+    for name in ("val/fid", "val/modes_covered", "val/high_quality", "val/reverse_kl",
+                 "val/eval_seconds"):
+        history = client.get_metric_history(result.run_id, name)
+        assert [m.step for m in history] == [1, 2], name
+    assert result.epochs_evaluated == [1, 2]
+    assert 0 <= result.metrics["val/modes_covered"] <= 25
+    assert 0 <= result.metrics["val/high_quality"] <= 1
+
+    # training losses averaged every 4 steps: 2 epochs x 16 batches -> 8 points
+    d_loss = client.get_metric_history(result.run_id, "train/d_loss")
+    assert [m.step for m in d_loss] == [4, 8, 12, 16, 20, 24, 28, 32]
+    for name in ("train/g_loss", "train/d_real", "train/d_fake"):
+        assert len(client.get_metric_history(result.run_id, name)) == 8
+
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "samples")}
+    assert artifacts == {"samples/epoch_0001.png", "samples/epoch_0002.png", "samples/final.png"}
+    model_files = {a.path for a in client.list_artifacts(result.run_id, "model")}
+    assert model_files == {"model/generator.pt", "model/discriminator.pt",
+                           "model/generator.json", "model/config.yaml"}
+
+    # the logged weights rebuild a working generator
+    local = Path(client.download_artifacts(result.run_id, "model", str(tmp_path)))
+    meta = json.loads((local / "generator.json").read_text())
+    g = Generator(**meta["generator_kwargs"])
+    g.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
+    assert g(torch.randn(5, 2)).shape == (5, 2)
+
+
+def test_same_seed_same_metrics(tiny_config) -> None:
+    first = fit(tiny_config("train.seed=7"))
+    second = fit(tiny_config("train.seed=7"))
+    timing = "val/eval_seconds"
+    assert {k: v for k, v in first.metrics.items() if k != timing} == {
+        k: v for k, v in second.metrics.items() if k != timing}
+    assert first.history["val/fid"] == second.history["val/fid"]
+    other = fit(tiny_config("train.seed=8"))
+    assert other.metrics["val/fid"] != first.metrics["val/fid"]
+
+
+@pytest.mark.parametrize("loss", ["bce", "lsgan", "wgan-gp"])
+def test_losses_and_options_train(tiny_config, loss: str) -> None:
+    cfg = tiny_config(f"train.loss={loss}", "train.n_critic=2", "model.pack=2",
+                      "model.spectral_norm=true", "model.d_norm=layer", "model.g_norm=batch",
+                      "model.d_dropout=0.2", "train.epochs=1")
+    result = fit(cfg)
+    assert result.metrics["val/fid"] >= 0
+
+
+def test_digits_run_with_image_metrics(tiny_config, store_uri: str) -> None:
+    cfg = tiny_config("data.name=digits", "train.epochs=1", "model.latent_dim=16",
+                      "eval.n_samples=300", "eval.metrics=[fid, classes_covered, class_kl]")
+    result = fit(cfg)
+    assert set(result.metrics) == {"val/fid", "val/classes_covered", "val/class_kl",
+                                   "val/eval_seconds"}
+    run = MlflowClient(tracking_uri=store_uri).get_run(result.run_id)
+    assert run.data.tags["fid_features"].startswith("fcgan-mlp-classifier-digits")
+    assert float(run.data.params["eval.classifier_test_accuracy"]) >= 0.95
+
+
+def test_failed_run_ends_failed(tiny_config, store_uri: str, monkeypatch) -> None:
+    from pipeline import module
+
+    def broken(self, real, batch_idx):
+        raise RuntimeError("boom in training")
+
+    monkeypatch.setattr(module.GANModule, "training_step", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tiny_config())
+    runs = MlflowClient(tracking_uri=store_uri).search_runs(["1"])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert "boom in training" in runs[0].data.tags["error"]
+
+
+def test_interrupted_run_ends_killed(tiny_config, store_uri: str, monkeypatch) -> None:
+    from pipeline import module
+
+    def interrupt(self, real, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module.GANModule, "training_step", interrupt)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        fit(tiny_config())
+    runs = MlflowClient(tracking_uri=store_uri).search_runs(["1"])
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_cli_train_prints_run_id(tiny_config, store_uri: str, capsys) -> None:
+    code = main(["train", f"tracking.tracking_uri={store_uri}",
+                 "data.n_points=1024", "train.epochs=1", "train.steps_per_epoch=4",
+                 "train.progress_bar=false", "eval.n_samples=200", "model.g_hidden=[16]",
+                 "model.d_hidden=[16]"])
+    assert code == 0
+    out = capsys.readouterr().out
+    run_id = out.splitlines()[0].removeprefix("MLflow run: ")
+    assert MlflowClient(tracking_uri=store_uri).get_run(run_id).info.status == "FINISHED"
+    assert json.loads(out.split("\n", 1)[1])["val/modes_covered"] >= 0
+
+
+def test_missing_data_logs_nothing(tiny_config, store_uri: str, tmp_path: Path) -> None:
+    from pipeline.data import DataError
+
+    with pytest.raises(DataError):
+        fit(tiny_config("data.name=fashion_mnist", f"data.root={tmp_path / 'nothing'}"))
+    assert not (tmp_path / "mlflow.db").exists()
