@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError) as exc:  # ExportError is a ConfigError too
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

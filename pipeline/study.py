@@ -96,7 +96,12 @@ def load_study_file(path: str | Path) -> StudyDefinition:
 
 
 def parse_study(text: str, *, default_name: str, source: str = "study") -> StudyDefinition:
-    raw = yaml.safe_load(text) if text.strip() else None
+    try:
+        raw = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with at least search_space")
     spec: StudySpec = build_dataclass(StudySpec, raw, prefix="")

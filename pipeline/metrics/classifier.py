@@ -13,6 +13,8 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from pickle import UnpicklingError
 from typing import TYPE_CHECKING, Any
@@ -120,7 +122,7 @@ def train_classifier(dataset: Dataset, device: str | torch.device = "cpu") -> ML
     per_epoch = n // batch
     epochs = max(EPOCHS, math.ceil(MIN_STEPS / per_epoch))
     # fork_rng: seeding must not disturb the caller's (the GAN's) random stream.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _one_cpu_thread():
         torch.manual_seed(TRAIN_SEED)
         gen = torch.Generator().manual_seed(TRAIN_SEED)
         model = MLPClassifier(dataset.dim, dataset.num_classes).to(device).train()
@@ -147,6 +149,22 @@ def train_classifier(dataset: Dataset, device: str | torch.device = "cpu") -> ML
                     bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     return model.eval()
+
+
+@contextmanager
+def _one_cpu_thread() -> Iterator[None]:
+    """Train on one CPU thread, whatever the process uses.
+
+    The result then does not depend on the thread count (which changes the order of float
+    reductions), and a second busy process cannot stall every step: with two threads on two busy
+    cores, OpenMP's barriers made training up to 10x slower, on one thread it is ~1.3x slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @torch.no_grad()

@@ -1,0 +1,168 @@
+"""compare and export on a finished smoke study (shared by the tests of this module)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.__main__ import main
+from pipeline.compare import DisagreementError, compare
+from pipeline.config import PROJECT_ROOT, ConfigError
+from pipeline.export import ExportError, export_best, load_export
+from pipeline.networks import Generator
+from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
+
+SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("study")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+           "OPTUNA_STORAGE": str(root / "optuna.journal")}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.chdir(root)
+        run_sweep(SMOKE, n_trials=3, progress=False)
+        yield {**env, "root": str(root)}
+
+
+@pytest.fixture
+def study_env(finished_study: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", finished_study["MLFLOW_TRACKING_URI"])
+    monkeypatch.setenv("OPTUNA_STORAGE", finished_study["OPTUNA_STORAGE"])
+    return finished_study
+
+
+def _study(env: dict[str, str]) -> optuna.Study:
+    from pipeline.study import open_storage
+
+    return optuna.load_study(study_name="smoke", storage=open_storage(env["OPTUNA_STORAGE"]))
+
+
+def test_compare_ranks_and_agrees(study_env: dict[str, str], tmp_path: Path) -> None:
+    text, figure = compare("smoke", top=3, fmt="json", figure_path=tmp_path / "cmp.png")
+    rows = json.loads(text)
+    study = _study(study_env)
+    complete = sorted((t for t in study.trials if t.state.name == "COMPLETE"),
+                      key=lambda t: t.value)
+    assert [r["trial"] for r in rows[: len(complete)]] == [t.number for t in complete][:3]
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    first = rows[0]
+    assert first["objective"] == pytest.approx(complete[0].value)
+    assert first["run_id"] == complete[0].user_attrs[RUN_ATTR]
+    assert {"fid", "modes_covered", "high_quality", "reverse_kl"} <= set(first)
+    assert any(k.startswith("p:") for k in first)
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(tracking_uri=study_env["MLFLOW_TRACKING_URI"])
+    logged = {a.path for a in client.list_artifacts(study.user_attrs[PARENT_ATTR], "comparison")}
+    assert logged == {"comparison/top_trials.png"}
+
+
+def test_compare_formats(study_env: dict[str, str], tmp_path: Path, capsys) -> None:
+    assert main(["compare", "--study", "smoke", "--top", "2", "--format", "csv",
+                 "--figure", str(tmp_path / "c.png")]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 2 and rows[0]["rank"] == "1"
+    text, _ = compare("smoke", top=2, fmt="markdown", figure_path=tmp_path / "c.png")
+    assert text.splitlines()[1].startswith("|---|")
+    table, _ = compare("smoke", top=2, fmt="table", figure_path=tmp_path / "c.png")
+    assert table.splitlines()[0].split()[:4] == ["rank", "trial", "state", "objective"]
+
+
+def test_compare_detects_disagreement(study_env: dict[str, str], tmp_path: Path) -> None:
+    study = _study(study_env)
+    best = study.best_trial
+    client = MlflowClient(tracking_uri=study_env["MLFLOW_TRACKING_URI"])
+    run_id = best.user_attrs[RUN_ATTR]
+    history = client.get_metric_history(run_id, "objective")
+    client.log_metric(run_id, "objective", best.value + 1.0, step=history[-1].step + 1)
+    try:
+        with pytest.raises(DisagreementError, match=f"trial {best.number}"):
+            compare("smoke", top=3, figure_path=tmp_path / "c.png")
+    finally:
+        client.log_metric(run_id, "objective", best.value, step=history[-1].step + 2)
+
+
+def test_export_best(study_env: dict[str, str], tmp_path: Path) -> None:
+    out = export_best("smoke", tmp_path / "export")
+    files = {p.name for p in out.iterdir()}
+    assert files == {"generator.pt", "generator.onnx", "config.json", "metrics.json",
+                     "samples.png", "MODEL_CARD.md"}
+    study = _study(study_env)
+    best = study.best_trial
+    config = json.loads((out / "config.json").read_text())
+    assert config["trial"] == best.number
+    assert config["mlflow_run_id"] == best.user_attrs[RUN_ATTR]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == pytest.approx(best.value)
+    assert "val/fid" in metrics
+
+    # the registry: <study>-generator@champion, tagged with the trial's metrics and run id
+    client = MlflowClient(tracking_uri=study_env["MLFLOW_TRACKING_URI"])
+    version = client.get_model_version_by_alias("smoke-generator", "champion")
+    assert version.run_id == best.user_attrs[RUN_ATTR]
+    assert version.tags["run_id"] == best.user_attrs[RUN_ATTR]
+    assert float(version.tags["val_fid"]) == pytest.approx(metrics["val/fid"], rel=1e-5)
+
+    # the same z through TorchScript, ONNX and the project's own model (the trial's weights)
+    z = torch.randn(64, config["latent_dim"], generator=torch.Generator().manual_seed(3))
+    scripted = torch.jit.load(str(out / "generator.pt"))
+    session = onnxruntime.InferenceSession(str(out / "generator.onnx"))
+    local = Path(client.download_artifacts(best.user_attrs[RUN_ATTR], "model", str(tmp_path)))
+    own = Generator(**config["generator_kwargs"])
+    own.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
+    own.eval()
+    with torch.no_grad():
+        expected = own(z).numpy()
+        np.testing.assert_allclose(scripted(z).numpy(), expected, rtol=1e-5, atol=1e-6)
+    (onnx_out,) = session.run(None, {"z": z.numpy()})
+    np.testing.assert_allclose(onnx_out, expected, rtol=1e-4, atol=1e-5)
+    assert "torch.jit.load" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_sample_cli(study_env: dict[str, str], tmp_path: Path) -> None:
+    out = export_best("smoke", tmp_path / "export")
+    for name in ("s.npy", "s.csv", "s.png"):
+        assert main(["sample", str(out), "-n", "50", "--seed", "1",
+                     "--out", str(tmp_path / name)]) == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (50, 2)
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "s.csv", delimiter=","), samples, rtol=1e-6)
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    again = tmp_path / "again.npy"
+    main(["sample", str(out), "-n", "50", "--seed", "1", "--out", str(again)])
+    np.testing.assert_array_equal(np.load(again), samples)
+
+
+def test_export_errors(study_env: dict[str, str], tmp_path: Path, capsys) -> None:
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "config.json").write_text("{}")
+    with pytest.raises(ExportError, match="incomplete export folder, missing generator.pt"):
+        load_export(tmp_path / "partial")
+    assert main(["sample", str(tmp_path / "partial"), "--out", str(tmp_path / "x.npy")]) == 2
+    with pytest.raises(ConfigError, match="not found"):
+        export_best("no-such-study", tmp_path / "e")
+    # a study whose only trial failed has nothing to export
+    from pipeline.study import open_storage
+
+    study = optuna.create_study(study_name="empty", storage=open_storage(
+        study_env["OPTUNA_STORAGE"]))
+    study.set_user_attr("study_file", SMOKE.read_text())
+    trial = study.ask()
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    with pytest.raises(ExportError, match="no complete trial"):
+        export_best("empty", tmp_path / "e")
+    assert main(["export", "--study", "empty", "--out", str(tmp_path / "e")]) == 2
+    assert "no complete trial" in capsys.readouterr().err
