@@ -19,13 +19,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
 
-from pipeline.plots import figure_png  # noqa: E402
-from pipeline.study import StudyDefinition, find_study  # noqa: E402
-from pipeline.sweep import PARENT_ATTR, RUN_ATTR  # noqa: E402
-from pipeline.tracking import RunLogger, get_client, tracking_uri  # noqa: E402
+from pipeline.plots import figure_png
+from pipeline.study import StudyDefinition, find_study
+from pipeline.sweep import PARENT_ATTR, RUN_ATTR
+from pipeline.tracking import RunLogger, get_client, tracking_uri
 
 MAIN_METRICS = ("fid", "modes_covered", "classes_covered", "high_quality", "reverse_kl",
                 "class_kl")

@@ -36,7 +36,7 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     name: str = "grid25"
-    root: str | None = None  # folder of IDX files (fashion_mnist, mnist); else env var / Debian path
+    root: str | None = None  # IDX folder (fashion_mnist, mnist); else env var / Debian path
     n_points: int = 100_000  # mixtures: training points drawn from the seed (PacGAN uses 100k)
     radius: float = 1.0  # ring8: radius of the circle of modes
     std: float | None = None  # mixtures: component std; None = PacGAN's (ring8 0.01, grid25 0.05)
@@ -259,7 +259,7 @@ def build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = build_dataclass(hint, value, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = coerce(f"{prefix}{name}", value, hint)

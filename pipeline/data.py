@@ -35,9 +35,9 @@ class DataError(RuntimeError):
 class Dataset:
     name: str
     kind: Literal["points", "images"]
-    train: Tensor  # (N, D) float32 in the model's scale: [-1, 1] for images, raw coordinates for 2-D
+    train: Tensor  # (N, D) float32 in the model's scale: [-1, 1] images, raw 2-D coordinates
     train_labels: Tensor | None = None  # (N,) int64 class labels (images only)
-    test: Tensor | None = None  # held-out split (images only): trains/tests the FID feature classifier
+    test: Tensor | None = None  # held-out split (images): tests the FID feature classifier
     test_labels: Tensor | None = None
     image_shape: tuple[int, int] | None = None  # (H, W) for images
     num_classes: int | None = None

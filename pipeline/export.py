@@ -123,6 +123,8 @@ def register(client: Any, study_name: str, run_id: str, trial: int,
 def model_card(config: dict[str, Any], metrics: dict[str, float]) -> str:
     rows = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in sorted(metrics.items()))
     kw = config["generator_kwargs"]
+    shape = config["image_shape"]
+    reshape = f"; reshape to {tuple(shape)} for images" if shape else ""
     return f"""# Generator: study `{config['study']}`, trial {config['trial']}
 
 Fully connected GAN generator trained on **{config['dataset']}** (MLflow run
@@ -133,8 +135,7 @@ Fully connected GAN generator trained on **{config['dataset']}** (MLflow run
   {kw['out_dim']}, activation {kw['activation']}, normalization {kw['norm']}, output
   {kw['output_activation']}.
 - Input: z of shape (n, {config['latent_dim']}) drawn from {config['latent_distribution']}.
-- Output: samples of shape (n, {config['out_dim']}) in {config['output_scale']}
-  {'; reshape to ' + str(tuple(config['image_shape'])) + ' for images' if config['image_shape'] else ''}.
+- Output: samples of shape (n, {config['out_dim']}) in {config['output_scale']}{reshape}.
 
 ## Metrics (last evaluation)
 FID and KID for images use the features of an MLP classifier this project trains on the

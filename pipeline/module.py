@@ -9,8 +9,8 @@ no_grad, ``check_val_every_n_epoch`` and Optuna's pruning callback for free.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 import lightning.pytorch as L
 import torch
@@ -49,7 +49,8 @@ class GANModule(L.LightningModule):
         self.n_critic = n_critic
         self.gp_weight = gp_weight
         self.g_lr, self.d_lr = g_lr, d_lr
-        self.g_betas, self.d_betas = tuple(g_betas), tuple(d_betas)
+        self.g_betas = (float(g_betas[0]), float(g_betas[1]))
+        self.d_betas = (float(d_betas[0]), float(d_betas[1]))
         self.evaluator = evaluator
         # The same z every time, so successive sample pictures show the same latent points move.
         z = torch.randn(n_picture, generator.latent_dim,
@@ -74,7 +75,7 @@ class GANModule(L.LightningModule):
         return self.device.type in ("cpu", "cuda")
 
     def training_step(self, real: Tensor, batch_idx: int) -> dict[str, Tensor]:
-        opt_g, opt_d = self.optimizers()  # type: ignore[misc]
+        opt_g, opt_d = self.optimizers()  # type: ignore[misc,attr-defined]
         n = len(real)
 
         # Discriminator: G's output is a constant here, so no graph through G.

@@ -6,9 +6,9 @@ argument is a JSON-friendly value (ints, floats, strings, lists).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -43,7 +43,7 @@ def mlp(
     """Linear -> [norm] -> activation -> [dropout] per hidden layer, then a linear output."""
     layers: list[nn.Module] = []
     widths = [in_dim, *hidden]
-    for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+    for width_in, width_out in itertools.pairwise(widths):
         layers.append(linear(width_in, width_out, spectral_norm))
         norm_mod = norm_layer(norm, width_out)
         if norm_mod is not None:

@@ -9,9 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: workers and CI have no display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 
 def samples_png(
@@ -36,7 +36,7 @@ def samples_figure(
     if ax is None:
         fig, ax = plt.subplots(figsize=(5, 5))
     else:
-        fig = ax.figure
+        fig = ax.get_figure(root=True)  # type: ignore[assignment]
     if image_shape is not None:
         ax.imshow(image_grid(samples, image_shape), cmap="gray", vmin=-1, vmax=1)
         ax.axis("off")

@@ -79,7 +79,8 @@ def parse_space(raw: Any, base: Mapping[str, Any]) -> dict[str, ParamSpec]:
             try:
                 config_from_dict(apply({key: value}, base, expand_widths=True))
             except ConfigError as exc:
-                raise ConfigError(f"search_space.{key}: value {value!r} is invalid ({exc})") from None
+                raise ConfigError(
+                    f"search_space.{key}: value {value!r} is invalid ({exc})") from None
     return space
 
 
@@ -167,9 +168,9 @@ def apply(
                 widths[int(index)] = value
                 _set(out, target, widths)
         elif key in BETA_KEYS:
-            for list_key, index in BETA_KEYS[key]:
+            for list_key, position in BETA_KEYS[key]:
                 betas = list(_get(out, list_key))
-                betas[index] = value
+                betas[position] = value
                 _set(out, list_key, betas)
         else:
             _set(out, key, value)

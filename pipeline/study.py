@@ -101,7 +101,8 @@ def parse_study(text: str, *, default_name: str, source: str = "study") -> Study
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{source}: malformed YAML{line}: {problem}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with at least search_space")
     spec: StudySpec = build_dataclass(StudySpec, raw, prefix="")
@@ -207,7 +208,7 @@ def create_or_load(defn: StudyDefinition, storage: str) -> optuna.Study:
         storage=open_storage(storage),
         sampler=make_sampler(defn.spec.sampler),
         pruner=make_pruner(defn.spec.pruner),
-        direction=defn.spec.objective.direction,
+        direction=defn.spec.objective.direction,  # type: ignore[arg-type]  # validated
         load_if_exists=True,
     )
     if study.user_attrs.get(SPEC_ATTR) is None:

@@ -29,7 +29,6 @@ from pipeline.data import Dataset, TensorBatches, load_dataset
 from pipeline.metrics import Evaluator
 from pipeline.module import GANModule
 from pipeline.networks import Discriminator, Generator, count_parameters
-from pipeline.plots import samples_png
 from pipeline.tracking import mlflow_run, tracking_uri
 
 # Lightning prints device and model banners for every fit; a study runs hundreds of fits.

@@ -149,7 +149,7 @@ def test_sample_cli(study_env: dict[str, str], tmp_path: Path) -> None:
 def test_export_errors(study_env: dict[str, str], tmp_path: Path, capsys) -> None:
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "config.json").write_text("{}")
-    with pytest.raises(ExportError, match="incomplete export folder, missing generator.pt"):
+    with pytest.raises(ExportError, match=r"incomplete export folder, missing generator\.pt"):
         load_export(tmp_path / "partial")
     assert main(["sample", str(tmp_path / "partial"), "--out", str(tmp_path / "x.npy")]) == 2
     with pytest.raises(ConfigError, match="not found"):

@@ -86,7 +86,7 @@ def test_idx_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_idx_says_how_to_get_it(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="missing .*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(DataError, match=r"missing .*apt-get install dataset-fashion-mnist"):
         load_dataset(DataConfig(name="fashion_mnist", root=str(tmp_path)))
 
 

@@ -1,0 +1,92 @@
+"""Two worker processes on one Optuna journal file: no trial lost or duplicated, one MLflow child
+run per trial under the study's parent run."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.storages.journal import JournalFileBackend
+from slow_helpers import SMOKE, finished, ran_concurrently
+
+from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
+
+TRIALS = 6
+WORKERS = 2
+
+
+@pytest.fixture
+def no_stray_workers() -> Iterator[None]:
+    """run_sweep's worker processes are children of this process: none may outlive the test
+    (they would if it failed or timed out while they ran)."""
+    yield
+    leftover = multiprocessing.active_children()
+    for proc in leftover:
+        proc.kill()
+    for proc in leftover:
+        proc.join(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_workers_share_one_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       no_stray_workers: None) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = str(tmp_path / "optuna.journal")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+    summary = run_sweep(SMOKE, n_trials=TRIALS, workers=WORKERS, storage=journal,
+                        progress=False)
+
+    study = optuna.load_study(study_name="smoke",
+                              storage=optuna.storages.JournalStorage(JournalFileBackend(journal)))
+    trials = study.trials
+    done = finished(study)
+    # Each worker stops once the study holds TRIALS finished trials, counted after each of its
+    # own trials. Two workers can both see TRIALS-1 and both start one more, so the study may end
+    # with up to WORKERS-1 extra trials (the overshoot Optuna documents for parallel optimize
+    # with a stopping callback); never fewer than asked for.
+    assert TRIALS <= len(done) <= TRIALS + WORKERS - 1, [t.state for t in trials]
+    # Nothing lost: every trial that was started has finished (none RUNNING, FAIL or WAITING).
+    assert len(done) == len(trials), {t.number: t.state.name for t in trials}
+    assert summary.n_finished == len(done)
+    # Nothing duplicated: distinct, gapless trial numbers.
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    # Both workers took part: at least two trials were running at the same time.
+    assert ran_concurrently(trials), [(t.number, t.datetime_start, t.datetime_complete)
+                                      for t in trials]
+
+    client = MlflowClient(tracking_uri=uri)
+    parent_id = study.user_attrs[PARENT_ATTR]
+    assert parent_id == summary.parent_run_id
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "study smoke"
+    counts = parent.data.metrics
+    assert counts["n_complete"] + counts["n_pruned"] == len(done)
+    assert counts["n_running"] == counts["n_fail"] == 0
+
+    runs = client.search_runs([parent.info.experiment_id], max_results=1000)
+    children = [r for r in runs if r.info.run_id != parent_id]
+    # Exactly one child run per trial, each linked to the parent, none elsewhere.
+    assert len(children) == len(trials)
+    assert all(r.data.tags.get("mlflow.parentRunId") == parent_id for r in children)
+    run_ids = [t.user_attrs.get(RUN_ATTR) for t in trials]
+    assert None not in run_ids
+    assert len(set(run_ids)) == len(trials)
+    by_id = {r.info.run_id: r for r in children}
+    assert set(by_id) == set(run_ids)
+    for trial in trials:
+        run = by_id[trial.user_attrs[RUN_ATTR]]
+        assert run.data.tags["optuna_trial"] == str(trial.number)
+        assert run.info.run_name.startswith(f"trial-{trial.number:03d} ")
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            assert (run.info.status, run.data.tags.get("optuna_state")) == ("KILLED", "PRUNED")
+        else:
+            assert (run.info.status, run.data.tags.get("optuna_state")) == ("FINISHED",
+                                                                             "COMPLETE")
+            assert run.data.metrics["objective"] == pytest.approx(trial.value)
