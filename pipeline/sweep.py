@@ -48,6 +48,7 @@ class WorkerArgs:
     tracking_uri: str
     threads: int
     timeout: float | None
+    quiet: bool  # the study progress line replaces Optuna's log line per trial
 
 
 @dataclass
@@ -77,7 +78,7 @@ def run_sweep(
     parent = ensure_parent_run(study, defn, uri, url)
     threads = max(1, (os.cpu_count() or 1) // workers)
     args = [WorkerArgs(str(study_file), url, target, i, workers, parent, uri, threads,
-                       defn.spec.budget.timeout) for i in range(workers)]
+                       defn.spec.budget.timeout, quiet=progress) for i in range(workers)]
 
     client = get_client(uri)
     monitor = Progress(study, target) if progress else None
@@ -114,6 +115,8 @@ def run_sweep(
 def worker_main(args: WorkerArgs) -> None:
     """One worker: run trials until the study holds ``target`` finished ones."""
     torch.set_num_threads(args.threads)
+    if args.quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     defn = load_study_file(args.study_file)
     study = create_or_load(defn, args.storage)
     # Distinct sampler seeds per worker and per resume, or they would propose the same trials.

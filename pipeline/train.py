@@ -13,6 +13,7 @@ import os
 import signal
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,6 +35,8 @@ from pipeline.tracking import mlflow_run, tracking_uri
 # Lightning prints device and model banners for every fit; a study runs hundreds of fits.
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+# Lightning 2.6 trips over its own deprecation on every fit; nothing for a user to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @dataclass
