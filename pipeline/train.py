@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from pipeline.callbacks import MlflowMetrics
-from pipeline.config import Config, DataConfig, EvalConfig, ModelConfig
+from pipeline.config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig
 from pipeline.data import Dataset, TensorBatches, load_dataset
 from pipeline.metrics import Evaluator
 from pipeline.module import GANModule
@@ -131,7 +131,8 @@ def fit(
                 signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt from None
 
-        tracker.log_picture(module, "samples/final.png", f"after {t.epochs} epochs")
+        epochs = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
+        tracker.log_picture(module, "samples/final.png", f"after {epochs}")
         if cfg.tracking.log_weights:
             log_weights(run, module, cfg, dataset)
         final = {k: v[-1] for k, v in tracker.history.items()}
@@ -211,4 +212,7 @@ def cached_dataset(data: DataConfig, seed: int) -> Dataset:
 
 def cached_evaluator(data: DataConfig, ev: EvalConfig, seed: int, device: str) -> Evaluator:
     eval_json = json.dumps(dataclasses.asdict(ev), sort_keys=True)
-    return _evaluator(*_data_key(data, seed), eval_json, device)
+    try:
+        return _evaluator(*_data_key(data, seed), eval_json, device)
+    except ValueError as exc:  # e.g. eval.metrics names a metric that does not apply
+        raise ConfigError(f"eval: {exc}") from None

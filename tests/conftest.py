@@ -17,6 +17,7 @@ TINY = [
     "train.epochs=2",
     "train.batch_size=128",
     "train.accelerator=cpu",
+    "train.threads=1",  # tiny MLPs gain nothing from a second thread; it only adds contention
     "train.progress_bar=false",
     "train.log_every_n_steps=4",
     "train.sample_every_n_epochs=1",

@@ -40,6 +40,7 @@ def digits() -> Dataset:
 def test_digits_classifier_is_accurate_and_cached(
     digits: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    assert digits.test is not None
     rng_before = torch.get_rng_state()
     model, accuracy = load_or_train_classifier(digits, tmp_path)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the GAN's random stream is untouched

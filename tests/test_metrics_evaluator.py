@@ -13,15 +13,16 @@ from sklearn.datasets import load_digits
 from pipeline.data import Dataset
 from pipeline.metrics import METRICS_BY_KIND, Evaluator
 
+ANGLES = 2 * math.pi * torch.arange(8) / 8
+CENTRES = torch.stack([ANGLES.cos(), ANGLES.sin()], dim=1)
+
 
 def ring8_dataset(n: int, seed: int) -> Dataset:
-    angles = 2 * math.pi * torch.arange(8) / 8
-    centres = torch.stack([angles.cos(), angles.sin()], dim=1)
     return Dataset(
         name="ring8",
         kind="points",
-        train=ring8_samples(centres, n, seed),
-        centres=centres,
+        train=ring8_samples(CENTRES, n, seed),
+        centres=CENTRES,
         std=0.01,
     )
 
@@ -63,7 +64,7 @@ def ring8_evaluator(ring8: Dataset) -> Evaluator:
 def test_points_real_samples_score_well(ring8: Dataset, ring8_evaluator: Evaluator) -> None:
     assert ring8_evaluator.feature_name == "coordinates"
     assert ring8_evaluator.classifier_accuracy is None
-    scores = ring8_evaluator.evaluate(ring8_samples(ring8.centres, 5000, seed=1))
+    scores = ring8_evaluator.evaluate(ring8_samples(CENTRES, 5000, seed=1))
     assert list(scores) == list(METRICS_BY_KIND["points"])
     assert scores["modes_covered"] == 8
     assert scores["high_quality"] == pytest.approx(1 - math.exp(-4.5), abs=0.01)
@@ -76,7 +77,7 @@ def test_points_real_samples_score_well(ring8: Dataset, ring8_evaluator: Evaluat
 
 
 def test_points_collapsed_sample_scores_badly(ring8: Dataset, ring8_evaluator: Evaluator) -> None:
-    one_mode = ring8_samples(ring8.centres[:1], 5000, seed=2)
+    one_mode = ring8_samples(CENTRES[:1], 5000, seed=2)
     scores = ring8_evaluator.evaluate(one_mode)
     assert scores["modes_covered"] == 1
     assert scores["reverse_kl"] == pytest.approx(math.log(8))
@@ -89,7 +90,7 @@ def test_points_collapsed_sample_scores_badly(ring8: Dataset, ring8_evaluator: E
 def test_evaluation_is_reproducible_and_leaves_the_rng_alone(
     ring8: Dataset, ring8_evaluator: Evaluator
 ) -> None:
-    fake = ring8_samples(ring8.centres, 3000, seed=3) * 1.05
+    fake = ring8_samples(CENTRES, 3000, seed=3) * 1.05
     state = torch.get_rng_state()
     first = ring8_evaluator.evaluate(fake)
     assert ring8_evaluator.evaluate(fake) == first  # KID's random subsets are seeded
@@ -98,7 +99,7 @@ def test_evaluation_is_reproducible_and_leaves_the_rng_alone(
 
 def test_only_the_requested_metrics(ring8: Dataset) -> None:
     evaluator = Evaluator(ring8, n_samples=500, metrics=["reverse_kl", "fid"])
-    scores = evaluator.evaluate(ring8_samples(ring8.centres, 500, seed=4))
+    scores = evaluator.evaluate(ring8_samples(CENTRES, 500, seed=4))
     assert list(scores) == ["fid", "reverse_kl"]
 
 

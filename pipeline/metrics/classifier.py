@@ -135,6 +135,7 @@ def train_classifier(dataset: Dataset, device: str | torch.device = "cpu") -> ML
             unit="step",
             file=sys.stderr,
             leave=False,
+            mininterval=1.0,  # a log file, not a terminal, is the usual stderr of a sweep
         )
         with bar:
             for _ in range(epochs):

@@ -35,7 +35,7 @@ def knn_radii(feats: Tensor, ks: tuple[int, ...]) -> dict[int, Tensor]:
         raise ValueError(f"need more than {k_max} points for {k_max}-NN radii, got {len(feats)}")
     radii: dict[int, list[Tensor]] = {k: [] for k in ks}
     for _, dist in _row_blocks(feats, feats):
-        # The k_max + 1 smallest include the point itself at distance 0 (or a duplicate of it,
+        # The k_max + 1 smallest include the point itself at distance ~0 (or a duplicate of it,
         # at the same distance), so index k is the k-th neighbour proper.
         nearest = dist.topk(k_max + 1, dim=1, largest=False).values
         for k in ks:
