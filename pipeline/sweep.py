@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -86,16 +87,7 @@ def run_sweep(
         if workers == 1:
             worker_main(args[0])
         else:
-            ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-            procs = [ctx.Process(target=worker_main, args=(a,), name=f"worker-{a.index}")
-                     for a in args]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
-            failed = [p.name for p in procs if p.exitcode != 0]
-            if failed:
-                raise RuntimeError(f"study {defn.name}: {', '.join(failed)} exited with an error")
+            run_workers(args, defn.name)
     except KeyboardInterrupt:
         client.set_terminated(parent, "KILLED")
         raise
@@ -110,6 +102,40 @@ def run_sweep(
     client.set_terminated(parent, "FINISHED")
     best = best_trial(study)
     return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start)
+
+
+def run_workers(args: list[WorkerArgs], study_name: str) -> None:
+    ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+    procs = [ctx.Process(target=worker_process, args=(a,), name=f"worker-{a.index}")
+             for a in args]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:
+        # If this process is stopped (Ctrl-C, SIGTERM, a crash), stop the workers too rather
+        # than leave them writing to the study; they end their runs KILLED.
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    failed = [p.name for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"study {study_name}: {', '.join(failed)} exited with an error")
+
+
+def worker_process(args: WorkerArgs) -> None:
+    """A spawned worker: SIGTERM means "stop", handled like Ctrl-C (runs end KILLED)."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    worker_main(args)
 
 
 def worker_main(args: WorkerArgs) -> None:

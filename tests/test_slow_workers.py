@@ -11,7 +11,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.storages.journal import JournalFileBackend
-from slow_helpers import SMOKE, finished, ran_concurrently
+from slow_helpers import SMOKE, finished, no_telemetry, ran_concurrently
 
 from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
 
@@ -38,6 +38,7 @@ def test_two_workers_share_one_journal(tmp_path: Path, monkeypatch: pytest.Monke
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     journal = str(tmp_path / "optuna.journal")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    no_telemetry(monkeypatch)
 
     summary = run_sweep(SMOKE, n_trials=TRIALS, workers=WORKERS, storage=journal,
                         progress=False)

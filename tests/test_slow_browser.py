@@ -1,0 +1,157 @@
+"""The MLflow UI in headless Chromium (Debian's, driven by Playwright): a study's parent run and
+its trial runs are listed, and a trial's sample picture renders. Screenshots: test-artifacts/."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from mlflow.tracking import MlflowClient
+from slow_helpers import (
+    ARTIFACTS_DIR,
+    PYTHON,
+    SMOKE,
+    Service,
+    child_env,
+    free_port,
+    in_ci,
+    no_telemetry,
+)
+
+from pipeline.sweep import run_sweep
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+UI_TIMEOUT_MS = 90_000  # the React app on 2 busy cores
+
+
+@pytest.fixture
+def chromium_path() -> str:
+    if shutil.which(CHROMIUM) is None:
+        message = f"{CHROMIUM} not found (apt-get install chromium)"
+        if in_ci():
+            pytest.fail(f"{message}; CI=true, so this is an error, not a skip")
+        pytest.skip(message)
+    return CHROMIUM
+
+
+@pytest.fixture
+def smoke_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """The smoke study, run into a tmp MLflow store; returns (tracking URI, parent run id)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    no_telemetry(monkeypatch)
+    summary = run_sweep(SMOKE, storage=str(tmp_path / "optuna.journal"), progress=False)
+    return uri, summary.parent_run_id
+
+
+@pytest.fixture
+def mlflow_ui(smoke_store: tuple[str, str], tmp_path: Path) -> Iterator[str]:
+    """``python -m pipeline ui`` on the tmp store, 127.0.0.1:<free port>; its base URL."""
+    port = free_port()
+    ui = Service("MLflow UI", [PYTHON, "-m", "pipeline", "ui", "--port", str(port)],
+                 log=tmp_path / "mlflow-ui.log", cwd=tmp_path,
+                 env=child_env(MLFLOW_TRACKING_URI=smoke_store[0]))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        ui.wait_http(f"{url}/health", timeout=240)  # ~35 s: it starts 4 uvicorn workers
+        yield url
+    finally:
+        ui.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str], mlflow_ui: str,
+                                                 chromium_path: str, tmp_path: Path) -> None:
+    from playwright.sync_api import Route, sync_playwright
+
+    uri, parent_id = smoke_store
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_id)
+    experiment = parent.info.experiment_id
+    children = client.search_runs([experiment],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    trial_names = sorted(r.info.run_name for r in children)
+    assert len(trial_names) == 4 and trial_names[0].startswith("trial-000 "), trial_names
+    # A pruned trial stops before its final picture; a finished one has samples/final.png.
+    pictured = sorted((r for r in children if r.info.status == "FINISHED"),
+                      key=lambda r: r.info.run_name)
+    assert pictured, "no trial of the smoke study finished"
+    trial = pictured[0]
+    assert "samples/final.png" in {a.path for a in client.list_artifacts(trial.info.run_id,
+                                                                         "samples")}
+
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    for stale in ("mlflow-runs.png", "mlflow-sample.png", "mlflow-failure.png"):
+        (ARTIFACTS_DIR / stale).unlink(missing_ok=True)  # no screenshot from an earlier run
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        blocked: list[str] = []
+
+        def local_only(route: Route) -> None:  # the UI may try fonts, telemetry, docs
+            if urlsplit(route.request.url).hostname == "127.0.0.1":
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", local_only)
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        try:
+            # The experiment's runs table: the parent run, then its trials once expanded.
+            page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs")
+            parent_row = page.locator('[role="row"]', has_text="study smoke").first
+            parent_row.wait_for()
+            expand = parent_row.locator('button[data-component-id*="runnamecellrenderer"]')
+            expand.click()
+            for name in trial_names:
+                page.get_by_text(name, exact=True).first.wait_for()
+            page.screenshot(path=ARTIFACTS_DIR / "mlflow-runs.png")
+
+            # The trial's artifacts view, with samples/final.png selected: the UI fetches the
+            # file and previews it as an <img> from a blob: URL, which the browser must have
+            # decoded (nonzero natural size, the same as the file's below).
+            page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{trial.info.run_id}"
+                      f"/artifacts/samples/final.png")
+            page.get_by_text(trial.info.run_name, exact=True).first.wait_for()
+            page.get_by_text("samples/final.png", exact=True).first.wait_for()
+            preview = page.locator('img[src^="blob:"]').first
+            preview.wait_for()
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                                   arg=preview.element_handle())
+            shown = preview.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            page.screenshot(path=ARTIFACTS_DIR / "mlflow-sample.png")
+
+            # The same picture straight from the UI's artifact endpoint: a PNG.
+            fetched = page.evaluate("""async (url) => {
+                const response = await fetch(url);
+                const bytes = new Uint8Array(await response.arrayBuffer());
+                const img = new Image();
+                img.src = url;
+                await img.decode();
+                return {status: response.status, head: Array.from(bytes.slice(0, 8)),
+                        size: bytes.length, width: img.naturalWidth, height: img.naturalHeight};
+            }""", f"get-artifact?path=samples/final.png&run_uuid={trial.info.run_id}")
+        except Exception:
+            page.screenshot(path=ARTIFACTS_DIR / "mlflow-failure.png")
+            raise
+        finally:
+            browser.close()
+            if blocked:
+                print(f"blocked {len(blocked)} requests off 127.0.0.1: {sorted(set(blocked))}")
+
+    assert shown[0] > 0 and shown[1] > 0, shown
+    assert fetched["status"] == 200, fetched
+    assert bytes(fetched["head"]) == b"\x89PNG\r\n\x1a\n", fetched
+    assert fetched["width"] > 0 and fetched["height"] > 0, fetched
+    assert (fetched["width"], fetched["height"]) == tuple(shown)
+    local = Path(client.download_artifacts(trial.info.run_id, "samples/final.png",
+                                           str(tmp_path)))
+    assert fetched["size"] == local.stat().st_size
