@@ -5,12 +5,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from pipeline.data import Dataset
+from pipeline.data import digits as digits_dataset  # the 80/20 split the pipeline uses
 from pipeline.metrics import METRICS_BY_KIND, Evaluator
 
 ANGLES = 2 * math.pi * torch.arange(8) / 8
@@ -31,24 +30,6 @@ def ring8_samples(centres: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     which = torch.randint(len(centres), (n,), generator=gen)
     return centres[which] + 0.01 * torch.randn(n, 2, generator=gen)
-
-
-def digits_dataset() -> Dataset:
-    bunch = load_digits()
-    images = torch.from_numpy(bunch.data.astype(np.float32) / 16.0 * 2.0 - 1.0)
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    tr, te = order[: int(0.8 * len(images))], order[int(0.8 * len(images)) :]
-    return Dataset(
-        name="digits",
-        kind="images",
-        train=images[tr],
-        train_labels=labels[tr],
-        test=images[te],
-        test_labels=labels[te],
-        image_shape=(8, 8),
-        num_classes=10,
-    )
 
 
 @pytest.fixture(scope="module")
