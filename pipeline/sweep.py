@@ -98,7 +98,8 @@ def run_sweep(
     finally:
         if monitor is not None:
             monitor.close()
-    report_to_parent(study, parent, uri)
+    if workers > 1:  # each worker reported when it stopped; this is the state after the last
+        report_to_parent(study, parent, uri)
     client.set_terminated(parent, "FINISHED")
     best = best_trial(study)
     return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start)
