@@ -58,7 +58,7 @@ def mlflow_ui(smoke_store: tuple[str, str], tmp_path: Path) -> Iterator[str]:
                  env=child_env(MLFLOW_TRACKING_URI=smoke_store[0]))
     try:
         url = f"http://127.0.0.1:{port}"
-        ui.wait_http(f"{url}/health", timeout=240)  # ~35 s: it starts 4 uvicorn workers
+        ui.wait_http(f"{url}/health", timeout=240)  # ~20 s with its one worker on 2 cores
         yield url
     finally:
         ui.stop()
