@@ -152,7 +152,8 @@ def mlflow_run(
         run_name=run_name,
     )
     logger = RunLogger(client, run.info.run_id)
-    killed = {KeyboardInterrupt: {}, **(killed_by or {})}
+    killed: dict[type[BaseException], Mapping[str, str]] = {KeyboardInterrupt: {}}
+    killed.update(killed_by or {})
     try:
         yield logger
     except BaseException as exc:
