@@ -202,18 +202,27 @@ def make_pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
                                        interval_steps=spec.interval_steps)
 
 
-def create_or_load(defn: StudyDefinition, storage: str) -> optuna.Study:
-    study = optuna.create_study(
+def create_or_load(defn: StudyDefinition, storage: str) -> tuple[optuna.Study, bool]:
+    """The study, and whether this call created it.
+
+    Creation is atomic in every Optuna storage (the study name is unique), so exactly one of
+    several processes starting a new study at once learns it created it: that one creates the
+    study's MLflow parent run, and the others wait for it (see ``sweep.ensure_parent_run``).
+    """
+    kwargs: dict[str, Any] = dict(
         study_name=defn.name,
         storage=open_storage(storage),
         sampler=make_sampler(defn.spec.sampler),
         pruner=make_pruner(defn.spec.pruner),
-        direction=defn.spec.objective.direction,  # type: ignore[arg-type]  # validated
-        load_if_exists=True,
+        direction=defn.spec.objective.direction,
     )
+    try:
+        study, created = optuna.create_study(**kwargs), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.create_study(**kwargs, load_if_exists=True), False
     if study.user_attrs.get(SPEC_ATTR) is None:
         study.set_user_attr(SPEC_ATTR, defn.text)
-    return study
+    return study, created
 
 
 def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, StudyDefinition]:

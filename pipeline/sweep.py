@@ -74,9 +74,9 @@ def run_sweep(
     defn = load_study_file(study_file)  # every mistake in the file is reported here
     url = storage_url(storage)
     uri = tracking_uri(defn.base.tracking.tracking_uri)
-    study = create_or_load(defn, url)
+    study, created = create_or_load(defn, url)
     target = n_trials or defn.spec.budget.n_trials
-    parent = ensure_parent_run(study, defn, uri, url)
+    parent = ensure_parent_run(study, defn, uri, url, created=created)
     threads = max(1, (os.cpu_count() or 1) // workers)
     args = [WorkerArgs(str(study_file), url, target, i, workers, parent, uri, threads,
                        defn.spec.budget.timeout, quiet=progress) for i in range(workers)]
@@ -145,7 +145,7 @@ def worker_main(args: WorkerArgs) -> None:
     if args.quiet:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     defn = load_study_file(args.study_file)
-    study = create_or_load(defn, args.storage)
+    study, _ = create_or_load(defn, args.storage)
     # Distinct sampler seeds per worker and per resume, or they would propose the same trials.
     study.sampler = make_sampler(defn.spec.sampler, 1000 * args.index + len(study.trials))
     device = worker_device(defn.base, args.index)
@@ -242,10 +242,21 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 # --- the study's parent run -----------------------------------------------------------------
 
 
-def ensure_parent_run(study: optuna.Study, defn: StudyDefinition, uri: str, storage: str) -> str:
-    """The study's MLflow run: created once, reused when the study is resumed."""
+def ensure_parent_run(study: optuna.Study, defn: StudyDefinition, uri: str, storage: str, *,
+                      created: bool, wait: float = 120.0) -> str:
+    """The study's MLflow run: created once, reused when the study is resumed.
+
+    Only the process that created the study creates the run. When machines start a new study
+    together, the others wait up to ``wait`` seconds for its id to appear in the study, so a
+    study never ends up with two parent runs; after that (its creator died before making the
+    run) they make it themselves.
+    """
     client = get_client(uri)
     run_id = study.user_attrs.get(PARENT_ATTR)
+    deadline = time.monotonic() + wait
+    while not run_id and not created and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
         try:
             client.get_run(run_id)

@@ -133,18 +133,30 @@ def run_command(cmd: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeou
                 log: Path) -> tuple[int, str]:
     """Run ``cmd`` to completion in its own process group (its children included), output to
     ``log``; on timeout kill the group and fail. Returns (exit code, output)."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+    return run_commands([cmd], cwd=cwd, env=env, timeout=timeout, logs=[log])[0]
+
+
+def run_commands(cmds: Sequence[Sequence[str]], *, cwd: Path, env: Mapping[str, str],
+                 timeout: float, logs: Sequence[Path]) -> list[tuple[int, str]]:
+    """``run_command`` for several commands started together (machines sharing a study)."""
+    deadline = time.monotonic() + timeout
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for cmd, log in zip(cmds, logs, strict=True):
+            out = stack.enter_context(open(log, "wb"))
+            procs.append(subprocess.Popen(list(cmd), cwd=cwd, env=dict(env), stdout=out,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          start_new_session=True))
         try:
-            code = proc.wait(timeout=timeout)
+            codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{' '.join(cmd)} did not finish in {timeout:.0f} s; "
-                                 f"log {log}:\n{log_tail(log)}") from None
+            raise AssertionError(f"{' '.join(cmds[0])} (and {len(cmds) - 1} more) did not "
+                                 f"finish in {timeout:.0f} s; log {logs[0]}:\n"
+                                 f"{log_tail(logs[0])}") from None
         finally:
-            kill_group(proc, grace=5)  # workers it left behind, if any
-    return code, log.read_text(errors="replace")
+            for proc in procs:
+                kill_group(proc, grace=5)  # workers it left behind, if any
+    return [(code, log.read_text(errors="replace")) for code, log in zip(codes, logs, strict=True)]
 
 
 def child_env(**extra: str) -> dict[str, str]:

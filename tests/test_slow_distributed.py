@@ -1,5 +1,6 @@
-"""The distributed setup: PostgreSQL as Optuna storage, two workers, a real MLflow tracking server
-(PostgreSQL backend, proxied artifacts), all on 127.0.0.1, driven through the CLI."""
+"""The distributed setup: PostgreSQL as Optuna storage, a real MLflow tracking server (PostgreSQL
+backend, proxied artifacts), and two "machines" (two `pipeline sweep` commands started at the
+same moment, one worker each) sharing a new study, all on 127.0.0.1, driven through the CLI."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from slow_helpers import (
     no_telemetry,
     port_open,
     ran_concurrently,
-    run_command,
+    run_commands,
     wait_until,
 )
 
@@ -35,7 +36,7 @@ from pipeline.sweep import PARENT_ATTR, RUN_ATTR
 PG_PORT = 5432
 ROLE = "fcgan"  # password = role name
 TRIALS = 4
-WORKERS = 2
+MACHINES = 2  # sweep commands started together, one worker each
 
 
 @dataclass
@@ -133,33 +134,38 @@ def test_postgres_storage_and_mlflow_server(databases: tuple[str, str], mlflow_s
     optuna_url = databases[0]
     workdir = tmp_path / "work"
     workdir.mkdir()
-    code, output = run_command(
-        [PYTHON, "-m", "pipeline", "sweep", str(SMOKE), "--workers", str(WORKERS), "--trials",
-         str(TRIALS), "--storage", optuna_url, "--no-progress"],
+    results = run_commands(
+        [[PYTHON, "-m", "pipeline", "sweep", str(SMOKE), "--workers", "1", "--trials",
+          str(TRIALS), "--storage", optuna_url, "--no-progress"]] * MACHINES,
         cwd=workdir, env=child_env(MLFLOW_TRACKING_URI=mlflow_server), timeout=900,
-        log=tmp_path / "sweep.log")
-    assert code == 0, output[-4000:]
+        logs=[tmp_path / f"sweep-{i}.log" for i in range(MACHINES)])
+    for code, output in results:
+        assert code == 0, output[-4000:]
 
     study = optuna.load_study(study_name="smoke", storage=optuna_url)
     trials = study.trials
     done = finished(study)
-    # As in test_slow_workers: at least TRIALS, at most WORKERS-1 more (both workers may start
-    # a last trial at once), and every started trial finished.
-    assert TRIALS <= len(done) <= TRIALS + WORKERS - 1
+    # As in test_slow_workers: at least TRIALS, at most MACHINES-1 more (both may start a last
+    # trial at once), and every started trial finished.
+    assert TRIALS <= len(done) <= TRIALS + MACHINES - 1
     assert len(done) == len(trials), {t.number: t.state.name for t in trials}
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert ran_concurrently(trials)
-    assert f"study smoke: {len(done)} finished trials" in output
+    assert all(f"study smoke: {len(done)} finished trials" in out for _, out in results)
 
     client = MlflowClient(tracking_uri=mlflow_server)
     parent_id = study.user_attrs[PARENT_ATTR]
-    assert f"MLflow parent run {parent_id}" in output
+    # Both machines found the one parent run: whichever created the study made it, the other
+    # waited for it (two parents would split the study in the MLflow UI).
+    assert all(f"MLflow parent run {parent_id}" in out for _, out in results)
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
     # The storage URL is recorded without its password.
     assert parent.data.tags["optuna_storage"] == optuna_url.replace(f":{ROLE}@", ":***@")
 
     runs = client.search_runs([parent.info.experiment_id], max_results=1000)
+    assert [r.info.run_id for r in runs if r.data.tags.get("mlflow.runName") == "study smoke"] \
+        == [parent_id]
     children = {r.info.run_id: r for r in runs if r.info.run_id != parent_id}
     assert len(children) == len(trials)
     assert {t.user_attrs[RUN_ATTR] for t in trials} == set(children)

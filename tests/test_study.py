@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -10,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import PROJECT_ROOT, ConfigError
 from pipeline.search_space import sample
-from pipeline.study import load_study_file, parse_study
-from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
+from pipeline.study import create_or_load, load_study_file, parse_study
+from pipeline.sweep import PARENT_ATTR, RUN_ATTR, ensure_parent_run, run_sweep
 
 SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
 SPACE = """
@@ -166,6 +168,37 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     assert len(children) == len(study.trials)
     assert len({c.info.run_id for c in children}) == len(children)
+
+
+def test_one_parent_run_when_machines_start_a_study_together(study_env: tuple[str, str]) -> None:
+    """Only the process that created the study makes its MLflow run; another that started at
+    the same moment waits for the run's id instead of making a second parent."""
+    uri, storage = study_env
+    defn = load_study_file(SMOKE)
+    first, first_created = create_or_load(defn, storage)
+    second, second_created = create_or_load(defn, storage)
+    assert (first_created, second_created) == (True, False)
+
+    found: list[str] = []
+    waiter = threading.Thread(target=lambda: found.append(
+        ensure_parent_run(second, defn, uri, storage, created=False, wait=60)))
+    waiter.start()
+    time.sleep(1.0)  # the creator is slow to make the run: the other must not make its own
+    assert waiter.is_alive()
+    parent_id = ensure_parent_run(first, defn, uri, storage, created=True)
+    waiter.join(timeout=30)
+    assert found == [parent_id]
+    parents = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_run(parent_id).info.experiment_id])
+    assert [r.info.run_id for r in parents] == [parent_id]
+
+    # A creator that died before making the run: the others make it after waiting.
+    defn.name = "orphan"
+    create_or_load(defn, storage)
+    orphan, created = create_or_load(defn, storage)
+    assert not created
+    made = ensure_parent_run(orphan, defn, uri, storage, created=False, wait=0.5)
+    assert made != parent_id and orphan.user_attrs[PARENT_ATTR] == made
 
 
 def _journal(path: str) -> optuna.storages.JournalStorage:
