@@ -1,11 +1,16 @@
-"""The MLflow UI in headless Chromium (Debian's, driven by Playwright): a study's parent run and
-its trial runs are listed, and a trial's sample picture renders. Screenshots: test-artifacts/."""
+"""The browsing commands in headless Chromium (Debian's, driven by Playwright). The MLflow UI lists
+a study's parent run and its trial runs, and a trial's sample picture renders; optuna-dashboard
+(`make dashboard`) serves the study and its trials. Screenshots: test-artifacts/."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,6 +27,9 @@ from slow_helpers import (
 )
 
 from pipeline.sweep import run_sweep
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -64,12 +72,43 @@ def mlflow_ui(smoke_store: tuple[str, str], tmp_path: Path) -> Iterator[str]:
         ui.stop()
 
 
+@contextlib.contextmanager
+def local_page(chromium_path: str, failure_screenshot: Path) -> Iterator[Page]:
+    """A headless Chromium page that may only reach 127.0.0.1 (the UIs may try fonts,
+    telemetry, docs); a screenshot of the page if the test fails while it is open."""
+    from playwright.sync_api import Route, sync_playwright
+
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})
+        blocked: list[str] = []
+
+        def local_only(route: Route) -> None:
+            if urlsplit(route.request.url).hostname == "127.0.0.1":
+                route.continue_()
+            else:
+                blocked.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", local_only)
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        try:
+            yield page
+        except BaseException:
+            page.screenshot(path=failure_screenshot)
+            raise
+        finally:
+            browser.close()
+            if blocked:
+                print(f"blocked {len(blocked)} requests off 127.0.0.1: {sorted(set(blocked))}")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str], mlflow_ui: str,
                                                  chromium_path: str, tmp_path: Path) -> None:
-    from playwright.sync_api import Route, sync_playwright
-
     uri, parent_id = smoke_store
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(parent_id)
@@ -89,63 +128,41 @@ def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str], m
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     for stale in ("mlflow-runs.png", "mlflow-sample.png", "mlflow-failure.png"):
         (ARTIFACTS_DIR / stale).unlink(missing_ok=True)  # no screenshot from an earlier run
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1600, "height": 1000})
-        blocked: list[str] = []
+    with local_page(chromium_path, ARTIFACTS_DIR / "mlflow-failure.png") as page:
+        # The experiment's runs table: the parent run, then its trials once expanded.
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs")
+        parent_row = page.locator('[role="row"]', has_text="study smoke").first
+        parent_row.wait_for()
+        expand = parent_row.locator('button[data-component-id*="runnamecellrenderer"]')
+        expand.click()
+        for name in trial_names:
+            page.get_by_text(name, exact=True).first.wait_for()
+        page.screenshot(path=ARTIFACTS_DIR / "mlflow-runs.png")
 
-        def local_only(route: Route) -> None:  # the UI may try fonts, telemetry, docs
-            if urlsplit(route.request.url).hostname == "127.0.0.1":
-                route.continue_()
-            else:
-                blocked.append(route.request.url)
-                route.abort()
+        # The trial's artifacts view, with samples/final.png selected: the UI fetches the
+        # file and previews it as an <img> from a blob: URL, which the browser must have
+        # decoded (nonzero natural size, the same as the file's below).
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{trial.info.run_id}"
+                  f"/artifacts/samples/final.png")
+        page.get_by_text(trial.info.run_name, exact=True).first.wait_for()
+        page.get_by_text("samples/final.png", exact=True).first.wait_for()
+        preview = page.locator('img[src^="blob:"]').first
+        preview.wait_for()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=preview.element_handle())
+        shown = preview.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        page.screenshot(path=ARTIFACTS_DIR / "mlflow-sample.png")
 
-        context.route("**/*", local_only)
-        page = context.new_page()
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        try:
-            # The experiment's runs table: the parent run, then its trials once expanded.
-            page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs")
-            parent_row = page.locator('[role="row"]', has_text="study smoke").first
-            parent_row.wait_for()
-            expand = parent_row.locator('button[data-component-id*="runnamecellrenderer"]')
-            expand.click()
-            for name in trial_names:
-                page.get_by_text(name, exact=True).first.wait_for()
-            page.screenshot(path=ARTIFACTS_DIR / "mlflow-runs.png")
-
-            # The trial's artifacts view, with samples/final.png selected: the UI fetches the
-            # file and previews it as an <img> from a blob: URL, which the browser must have
-            # decoded (nonzero natural size, the same as the file's below).
-            page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{trial.info.run_id}"
-                      f"/artifacts/samples/final.png")
-            page.get_by_text(trial.info.run_name, exact=True).first.wait_for()
-            page.get_by_text("samples/final.png", exact=True).first.wait_for()
-            preview = page.locator('img[src^="blob:"]').first
-            preview.wait_for()
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0",
-                                   arg=preview.element_handle())
-            shown = preview.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-            page.screenshot(path=ARTIFACTS_DIR / "mlflow-sample.png")
-
-            # The same picture straight from the UI's artifact endpoint: a PNG.
-            fetched = page.evaluate("""async (url) => {
-                const response = await fetch(url);
-                const bytes = new Uint8Array(await response.arrayBuffer());
-                const img = new Image();
-                img.src = url;
-                await img.decode();
-                return {status: response.status, head: Array.from(bytes.slice(0, 8)),
-                        size: bytes.length, width: img.naturalWidth, height: img.naturalHeight};
-            }""", f"get-artifact?path=samples/final.png&run_uuid={trial.info.run_id}")
-        except Exception:
-            page.screenshot(path=ARTIFACTS_DIR / "mlflow-failure.png")
-            raise
-        finally:
-            browser.close()
-            if blocked:
-                print(f"blocked {len(blocked)} requests off 127.0.0.1: {sorted(set(blocked))}")
+        # The same picture straight from the UI's artifact endpoint: a PNG.
+        fetched = page.evaluate("""async (url) => {
+            const response = await fetch(url);
+            const bytes = new Uint8Array(await response.arrayBuffer());
+            const img = new Image();
+            img.src = url;
+            await img.decode();
+            return {status: response.status, head: Array.from(bytes.slice(0, 8)),
+                    size: bytes.length, width: img.naturalWidth, height: img.naturalHeight};
+        }""", f"get-artifact?path=samples/final.png&run_uuid={trial.info.run_id}")
 
     assert shown[0] > 0 and shown[1] > 0, shown
     assert fetched["status"] == 200, fetched
@@ -155,3 +172,40 @@ def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str], m
     local = Path(client.download_artifacts(trial.info.run_id, "samples/final.png",
                                            str(tmp_path)))
     assert fetched["size"] == local.stat().st_size
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_optuna_dashboard_serves_the_study(smoke_store: tuple[str, str], chromium_path: str,
+                                           tmp_path: Path) -> None:
+    """``python -m pipeline dashboard`` (what ``make dashboard`` runs) on the study's journal."""
+    journal = tmp_path / "optuna.journal"  # where smoke_store ran the study
+    port = free_port()
+    dashboard = Service("optuna-dashboard", [PYTHON, "-m", "pipeline", "dashboard", "--storage",
+                                             str(journal), "--port", str(port)],
+                        log=tmp_path / "dashboard.log", cwd=tmp_path, env=child_env())
+    url = f"http://127.0.0.1:{port}"
+    for stale in ("dashboard-study.png", "dashboard-failure.png"):
+        (ARTIFACTS_DIR / stale).unlink(missing_ok=True)
+    try:
+        dashboard.wait_http(f"{url}/api/studies", timeout=120)
+        with urllib.request.urlopen(f"{url}/api/studies", timeout=30) as response:
+            summaries = json.load(response)["study_summaries"]
+        assert [s["study_name"] for s in summaries] == ["smoke"]
+        study_id = summaries[0]["study_id"]
+        with urllib.request.urlopen(f"{url}/api/studies/{study_id}?after=0",
+                                    timeout=30) as response:
+            trials = json.load(response)["trials"]
+        assert len(trials) == 4
+        assert {t["state"] for t in trials} <= {"Complete", "Pruned"}
+
+        with local_page(chromium_path, ARTIFACTS_DIR / "dashboard-failure.png") as page:
+            page.goto(f"{url}/dashboard/studies/{study_id}")
+            page.get_by_text(f"smoke (id={study_id})", exact=True).first.wait_for()
+            # The optimization-history card and its plotly chart (the sidebar has a hidden
+            # "History" label too, hence the heading role).
+            page.get_by_role("heading", name="History", exact=True).wait_for()
+            page.locator(".js-plotly-plot").first.wait_for()
+            page.screenshot(path=ARTIFACTS_DIR / "dashboard-study.png")
+    finally:
+        dashboard.stop()
