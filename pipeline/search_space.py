@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 
-from pipeline.config import ConfigError, build_dataclass, config_from_dict
+from pipeline.config import ConfigError, build_dataclass, coerce, config_from_dict
 
 LAYER_KEYS = {  # count key -> (width key, config list key)
     "model.g_layers": ("model.g_width", "model.g_hidden"),
@@ -175,6 +175,58 @@ def apply(
         else:
             _set(out, key, value)
     return out
+
+
+def fixed_params(
+    params: Any, space: Mapping[str, ParamSpec], base: Mapping[str, Any], *, where: str
+) -> dict[str, Any]:
+    """A trial to enqueue (``{space key: value}``) as Optuna parameter names; raises ConfigError.
+
+    Values must lie in the search space. A width pseudo key gives every layer that width
+    (``model.g_width: 128`` -> ``model.g_width_0``, ``_1``, ...). Keys left out are sampled.
+    """
+    if not isinstance(params, Mapping) or not params:
+        raise ConfigError(f"{where}: expected a mapping of search_space keys to values")
+    fixed: dict[str, Any] = {}
+    for key, value in params.items():
+        if key not in space:
+            raise ConfigError(f"{where}.{key}: not in search_space (only searched keys can be "
+                              f"fixed; change the base config for the others)")
+        if space[key].type == "float" and isinstance(value, str):
+            value = coerce(f"{where}.{key}", value, float)  # YAML reads 5e-4 as a string
+        if not _contains(space[key], value):
+            raise ConfigError(f"{where}.{key}: {value!r} is outside the search space "
+                              f"({_describe(space[key])})")
+        if key in WIDTH_KEYS:
+            count_key, target = WIDTH_KEYS[key]
+            count_spec = space.get(count_key)
+            n = (params[count_key] if count_key in params
+                 else int(count_spec.high or 0) if count_spec is not None
+                 else len(_get(base, target)))
+            fixed.update({f"{key}_{i}": value for i in range(int(n))})
+        else:
+            fixed[key] = value
+    try:
+        config_from_dict(apply(fixed, base))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: not a valid config ({exc})") from None
+    return fixed
+
+
+def _contains(spec: ParamSpec, value: Any) -> bool:
+    if spec.type == "categorical":
+        return value in (spec.choices or [])
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if spec.type == "int" and not float(value).is_integer():
+        return False
+    return (spec.low or 0) <= value <= (spec.high or 0)
+
+
+def _describe(spec: ParamSpec) -> str:
+    if spec.type == "categorical":
+        return f"choices {spec.choices}"
+    return f"{spec.type} in [{spec.low}, {spec.high}]"
 
 
 def _is_conditional(key: str, spec: ParamSpec) -> bool:

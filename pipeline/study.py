@@ -24,7 +24,7 @@ from pipeline.config import (
     read_yaml,
 )
 from pipeline.metrics.names import resolve_metrics
-from pipeline.search_space import ParamSpec, parse_space
+from pipeline.search_space import ParamSpec, fixed_params, parse_space
 
 DEFAULT_STORAGE = Path("runs") / "optuna.journal"
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
@@ -77,6 +77,9 @@ class StudySpec:
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    # Trials to run first (Optuna's enqueue_trial), e.g. a known-good setting, so the search
+    # starts from it: {search_space key: value}; keys left out are sampled.
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +89,7 @@ class StudyDefinition:
     base: Config  # the resolved base config every trial starts from
     space: dict[str, ParamSpec]
     text: str  # the study file as written
+    enqueue: list[dict[str, Any]] = field(default_factory=list)  # as Optuna parameter names
 
 
 def load_study_file(path: str | Path) -> StudyDefinition:
@@ -120,7 +124,9 @@ def parse_study(text: str, *, default_name: str, source: str = "study") -> Study
     base = load_config(config_file, extra=base_extra)
     space = parse_space(spec.search_space, base.to_dict())
     _check_objective(spec.objective, base)
-    return StudyDefinition(spec.name or default_name, spec, base, space, text)
+    enqueue = [fixed_params(params, space, base.to_dict(), where=f"enqueue[{i}]")
+               for i, params in enumerate(spec.enqueue)]
+    return StudyDefinition(spec.name or default_name, spec, base, space, text, enqueue)
 
 
 def _check_spec(spec: StudySpec) -> None:
@@ -208,6 +214,7 @@ def create_or_load(defn: StudyDefinition, storage: str) -> tuple[optuna.Study, b
     Creation is atomic in every Optuna storage (the study name is unique), so exactly one of
     several processes starting a new study at once learns it created it: that one creates the
     study's MLflow parent run, and the others wait for it (see ``sweep.ensure_parent_run``).
+    The creator also enqueues the study file's ``enqueue`` trials.
     """
     kwargs: dict[str, Any] = dict(
         study_name=defn.name,
@@ -222,6 +229,9 @@ def create_or_load(defn: StudyDefinition, storage: str) -> tuple[optuna.Study, b
         study, created = optuna.create_study(**kwargs, load_if_exists=True), False
     if study.user_attrs.get(SPEC_ATTR) is None:
         study.set_user_attr(SPEC_ATTR, defn.text)
+    if created:  # only once: a resumed study has run (or still holds) them
+        for params in defn.enqueue:
+            study.enqueue_trial(params)
     return study, created
 
 

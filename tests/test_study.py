@@ -60,12 +60,39 @@ def test_shipped_studies_load() -> None:
         ("pruner: {name: asha}\n" + SPACE, "pruner.name: got 'asha'"),
         ("budget: {n_trials: 0}\n" + SPACE, "budget.n_trials"),
         ("base: {train: {epoch: 3}}\n" + SPACE, "unknown key 'train.epoch'"),
+        ("enqueue: [{train.d_lr: 1.0e-3}]\n" + SPACE, "enqueue[0].train.d_lr: not in search_space"),
+        ("enqueue: [{train.g_lr: 5.0e-2}]\n" + SPACE,
+         "enqueue[0].train.g_lr: 0.05 is outside the search space (float in [0.0001, 0.01])"),
+        ("enqueue: [{model.g_layers: 2.5}]\n" + SPACE, "enqueue[0].model.g_layers: 2.5 is outside"),
+        ("enqueue: [{model.activation: swish}]\n" + SPACE, "choices ['relu', 'leaky_relu']"),
+        ("enqueue: [{train.g_lr: fast}]\n" + SPACE, "enqueue[0].train.g_lr: got 'fast'"),
+        ("enqueue: [{}]\n" + SPACE, "enqueue[0]: expected a mapping of search_space keys"),
+        ("enqueue: {train.g_lr: 1.0e-3}\n" + SPACE, "enqueue: got {"),
     ],
 )
 def test_bad_study_files_are_rejected(text: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_study(text, default_name="t")
     assert fragment in str(info.value)
+
+
+def test_enqueued_trials_run_first_and_only_once(tmp_path: Path) -> None:
+    text = SPACE + "enqueue:\n  - {model.g_layers: 2, model.g_width: 48, train.g_lr: 5e-4}\n"
+    defn = parse_study(text, default_name="enq")
+    # The width pseudo key fixes every layer; 5e-4 (a string to YAML) is read as a number.
+    assert defn.enqueue == [{"model.g_layers": 2, "model.g_width_0": 48, "model.g_width_1": 48,
+                             "train.g_lr": 5e-4}]
+    storage = str(tmp_path / "optuna.journal")
+    study, created = create_or_load(defn, storage)
+    trial = study.ask()
+    nested, sampled = sample(trial, defn.space, defn.base.to_dict())
+    assert nested["model"]["g_hidden"] == [48, 48]
+    assert nested["train"]["g_lr"] == 5e-4
+    assert "model.activation" in sampled  # left out of the enqueued trial: sampled
+    study.tell(trial, 1.0)
+    again, created_again = create_or_load(defn, storage)  # a resume enqueues nothing
+    assert (created, created_again) == (True, False)
+    assert [t.state for t in again.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
 def test_conditional_parameters() -> None:
