@@ -69,6 +69,11 @@ def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[
 
 def format_rows(rows: Sequence[dict[str, Any]], fmt: str) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
+    # Conditional parameters (a third layer's width, leaky_relu's slope) exist in some rows
+    # only: keep every p: column together, sorted, with the run id last.
+    params = sorted(c for c in columns if c.startswith("p:"))
+    first = [c for c in columns if not c.startswith("p:") and c != "run_id"]
+    columns = [*first, *params, "run_id"]
     if fmt == "json":
         return json.dumps(list(rows), indent=2)
     if fmt == "csv":

@@ -16,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
-from pipeline.compare import DisagreementError, compare
+from pipeline.compare import DisagreementError, compare, format_rows
 from pipeline.config import PROJECT_ROOT, ConfigError
 from pipeline.export import ExportError, export_best, load_export
 from pipeline.networks import Generator
@@ -166,3 +166,10 @@ def test_export_errors(study_env: dict[str, str], tmp_path: Path, capsys) -> Non
         export_best("empty", tmp_path / "e")
     assert main(["export", "--study", "empty", "--out", str(tmp_path / "e")]) == 2
     assert "no complete trial" in capsys.readouterr().err
+
+
+def test_conditional_parameter_columns_stay_together() -> None:
+    rows = [{"rank": 1, "p:a": 1, "run_id": "r1"},
+            {"rank": 2, "p:a": 2, "p:leaky_slope": 0.2, "run_id": "r2"}]
+    header = format_rows(rows, "csv").splitlines()[0]
+    assert header == "rank,p:a,p:leaky_slope,run_id"
