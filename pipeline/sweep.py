@@ -308,13 +308,14 @@ def report_to_parent(study: optuna.Study, run_id: str, uri: str) -> None:
 class Progress:
     """One study-level line: finished trials of N, best value so far, elapsed (tqdm)."""
 
-    def __init__(self, study: optuna.Study, target: int, interval: float = 2.0) -> None:
+    def __init__(self, study: optuna.Study, target: int, interval: float | None = None) -> None:
         from tqdm import tqdm
 
         self.study = study
         self.bar = tqdm(total=target, desc=f"study {study.study_name}", unit="trial",
                         file=sys.stderr, dynamic_ncols=True)
-        self.interval = interval
+        # Redrawn in place on a terminal; a log file gets a new line each time, so fewer.
+        self.interval = interval or (2.0 if sys.stderr.isatty() else 30.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._update()
@@ -325,7 +326,7 @@ class Progress:
         self.bar.n = min(done, self.bar.total)
         best = best_trial(self.study)
         self.bar.set_postfix_str("best: -" if best is None else
-                                 f"best {best.value:.4g} (trial {best.number})")
+                                 f"best {best.value:.4g} (trial {best.number})", refresh=False)
         self.bar.refresh()
 
     def _run(self) -> None:
