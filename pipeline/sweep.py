@@ -280,29 +280,39 @@ def ensure_parent_run(study: optuna.Study, defn: StudyDefinition, uri: str, stor
 
 
 def report_to_parent(study: optuna.Study, run_id: str, uri: str) -> None:
-    """Best value and trial, a CSV of all trials, and Optuna's plots, on the parent run."""
+    """Best value and trial, a CSV of all trials, and Optuna's plots, on the parent run.
+
+    Every worker (and every machine) reports when it stops. Metrics are logged at step = the
+    number of finished trials, so the newest state is the latest value in MLflow; a report
+    older than the one already there (a worker that stopped first but was slow to draw its
+    plots) is skipped rather than overwrite it.
+    """
     from pipeline.study_plots import study_plots
 
-    client = get_client(uri)
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials)
               for state in optuna.trial.TrialState}
+    n_finished = counts["complete"] + counts["pruned"]
     best = best_trial(study)
     metrics = {f"n_{k}": float(v) for k, v in counts.items()}
+    metrics["n_finished"] = float(n_finished)
     tags: dict[str, Any] = {}
     if best is not None:
         metrics["best_value"] = float(best.value)  # type: ignore[arg-type]
         metrics["best_trial"] = float(best.number)
         tags = {"best_trial": best.number, "best_run_id": best.user_attrs.get(RUN_ATTR, "")}
+    table = study.trials_dataframe().to_csv(index=False).encode()
+    plots = study_plots(study)  # seconds: drawn before the check below, not after it
+
+    client = get_client(uri)
+    if client.get_run(run_id).data.metrics.get("n_finished", -1.0) > n_finished:
+        return
     logger = RunLogger(client, run_id)
-    logger.log_metrics(metrics, step=len(trials))
+    logger.log_metrics(metrics, step=n_finished)
     logger.set_tags(tags)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        study.trials_dataframe().to_csv(folder / "trials.csv", index=False)
-        logger.log_artifact(folder / "trials.csv")
-        for name, png in study_plots(study).items():
-            logger.log_bytes(png, f"plots/{name}.png")
+    logger.log_bytes(table, "trials.csv")
+    for name, png in plots.items():
+        logger.log_bytes(png, f"plots/{name}.png")
 
 
 class Progress:

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import PROJECT_ROOT, ConfigError
 from pipeline.search_space import sample
 from pipeline.study import create_or_load, load_study_file, parse_study
-from pipeline.sweep import PARENT_ATTR, RUN_ATTR, ensure_parent_run, run_sweep
+from pipeline.sweep import PARENT_ATTR, RUN_ATTR, ensure_parent_run, report_to_parent, run_sweep
 
 SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
 SPACE = """
@@ -195,6 +195,14 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     assert len(children) == len(study.trials)
     assert len({c.info.run_id for c in children}) == len(children)
+    assert client.get_run(parent_id).data.metrics["n_finished"] == 6
+
+    # A worker's report older than the parent's newest (it stopped first, drew its plots
+    # slowly) is skipped: it must not overwrite the final state.
+    history = len(client.get_metric_history(parent_id, "best_value"))
+    client.log_metric(parent_id, "n_finished", 7, step=7)
+    report_to_parent(study, parent_id, uri)
+    assert len(client.get_metric_history(parent_id, "best_value")) == history
 
 
 def test_one_parent_run_when_machines_start_a_study_together(study_env: tuple[str, str]) -> None:
