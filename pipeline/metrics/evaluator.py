@@ -22,7 +22,7 @@ from pipeline.metrics.features import ClassifierFeatures, PrecomputedFeatures
 from pipeline.metrics.modes import class_metrics, mixture_mode_metrics
 from pipeline.metrics.names import MODE_METRICS, resolve_metrics
 from pipeline.metrics.ndb import NDB
-from pipeline.metrics.prdc import precision_recall_density_coverage
+from pipeline.metrics.prdc import PRDC
 
 if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.config
     from pipeline.data import Dataset
@@ -108,6 +108,7 @@ class Evaluator:
                 ).to(self.device)
             self._kid.update(self._real_subset, real=True)
         self._ndb = NDB(real_feats, NDB_BINS, seed=seed) if "ndb_fraction" in self.metrics else None
+        self._prdc = PRDC(self._real_subset) if set(self.metrics) & set(PRDC_METRICS) else None
         self._real_class_probs: Tensor | None = None
         if dataset.is_images and set(self.metrics) & {"classes_covered", "class_kl"}:
             assert dataset.train_labels is not None and dataset.num_classes is not None
@@ -152,8 +153,8 @@ class Evaluator:
                 torch.manual_seed(self.seed)
                 kid_mean, _ = self._kid.compute()
             out["kid"] = float(kid_mean)
-        if wanted & set(PRDC_METRICS):
-            prdc = precision_recall_density_coverage(self._real_subset, feats[head])
+        if self._prdc is not None:
+            prdc = self._prdc.score(feats[head])
             out.update({k: v for k, v in prdc.items() if k in wanted})
         if wanted & set(MODE_METRICS):
             assert self.dataset.centres is not None and self.dataset.std is not None

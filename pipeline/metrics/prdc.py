@@ -43,39 +43,55 @@ def knn_radii(feats: Tensor, ks: tuple[int, ...]) -> dict[int, Tensor]:
     return {k: torch.cat(parts) for k, parts in radii.items()}
 
 
+class PRDC:
+    """precision, recall (k = k_pr) and density, coverage (k = k_dc) against fixed real features.
+
+    The real side (centring, k-NN radii: a full real x real distance pass) is prepared once;
+    an evaluation per epoch then pays only for the fake side.
+    """
+
+    def __init__(self, real_feats: Tensor, k_pr: int = 3, k_dc: int = 5) -> None:
+        if real_feats.ndim != 2:
+            raise ValueError(f"real features must be (N, D), got {tuple(real_feats.shape)}")
+        self.k_pr, self.k_dc = k_pr, k_dc
+        # float64 and centred on the real mean: |x - y|^2 = |x|^2 + |y|^2 - 2 x.y in float32
+        # loses the small distances of a collapsed sample to cancellation.
+        self.centre = real_feats.double().mean(dim=0)
+        self.real = real_feats.double() - self.centre
+        radii = knn_radii(self.real, (k_pr, k_dc))
+        self.r_pr, self.r_dc = radii[k_pr], radii[k_dc]
+
+    def score(self, fake_feats: Tensor) -> dict[str, float]:
+        real = self.real
+        if fake_feats.ndim != 2 or fake_feats.shape[1] != real.shape[1]:
+            raise ValueError(
+                f"feature shapes {tuple(real.shape)} and {tuple(fake_feats.shape)} do not match"
+            )
+        fake = fake_feats.double().to(real.device) - self.centre
+        fake_radii = knn_radii(fake, (self.k_pr,))[self.k_pr]
+
+        # One pass over the fake x real distances serves both directions: rows for precision
+        # and density, columns (reduced block by block) for recall and coverage.
+        in_real_manifold = torch.zeros(len(fake), dtype=torch.bool, device=real.device)
+        balls_containing = torch.zeros(len(fake), dtype=torch.float64, device=real.device)
+        in_fake_manifold = torch.zeros(len(real), dtype=torch.bool, device=real.device)
+        nearest_fake = torch.full((len(real),), torch.inf, dtype=torch.float64, device=real.device)
+        for rows, dist in _row_blocks(fake, real):
+            in_real_manifold[rows] = (dist <= self.r_pr).any(dim=1)
+            balls_containing[rows] = (dist <= self.r_dc).sum(dim=1).double()
+            in_fake_manifold |= (dist <= fake_radii[rows, None]).any(dim=0)
+            nearest_fake = torch.minimum(nearest_fake, dist.min(dim=0).values)
+
+        return {
+            "precision": float(in_real_manifold.double().mean()),
+            "recall": float(in_fake_manifold.double().mean()),
+            "density": float(balls_containing.mean() / self.k_dc),
+            "coverage": float((nearest_fake <= self.r_dc).double().mean()),
+        }
+
+
 def precision_recall_density_coverage(
     real_feats: Tensor, fake_feats: Tensor, k_pr: int = 3, k_dc: int = 5
 ) -> dict[str, float]:
     """precision, recall (k = k_pr) and density, coverage (k = k_dc) of fake against real."""
-    if real_feats.ndim != 2 or fake_feats.ndim != 2 or real_feats.shape[1] != fake_feats.shape[1]:
-        raise ValueError(
-            f"feature shapes {tuple(real_feats.shape)} and {tuple(fake_feats.shape)} do not match"
-        )
-    # float64 and centred on the real mean: cdist expands |x - y|^2 = |x|^2 + |y|^2 - 2 x.y, which
-    # in float32 loses the small distances of a collapsed sample to cancellation.
-    centre = real_feats.double().mean(dim=0)
-    real = real_feats.double() - centre
-    fake = fake_feats.double().to(real.device) - centre
-
-    real_radii = knn_radii(real, (k_pr, k_dc))
-    fake_radii = knn_radii(fake, (k_pr,))[k_pr]
-    r_pr, r_dc = real_radii[k_pr], real_radii[k_dc]
-
-    in_real_manifold = torch.zeros(len(fake), dtype=torch.bool, device=real.device)
-    balls_containing = torch.zeros(len(fake), dtype=torch.float64, device=real.device)
-    for rows, dist in _row_blocks(fake, real):  # (fake rows, all real)
-        in_real_manifold[rows] = (dist <= r_pr).any(dim=1)
-        balls_containing[rows] = (dist <= r_dc).sum(dim=1).double()
-
-    in_fake_manifold = torch.zeros(len(real), dtype=torch.bool, device=real.device)
-    covered = torch.zeros(len(real), dtype=torch.bool, device=real.device)
-    for rows, dist in _row_blocks(real, fake):  # (real rows, all fake)
-        in_fake_manifold[rows] = (dist <= fake_radii).any(dim=1)
-        covered[rows] = dist.min(dim=1).values <= r_dc[rows]
-
-    return {
-        "precision": float(in_real_manifold.double().mean()),
-        "recall": float(in_fake_manifold.double().mean()),
-        "density": float(balls_containing.mean() / k_dc),
-        "coverage": float(covered.double().mean()),
-    }
+    return PRDC(real_feats, k_pr, k_dc).score(fake_feats)
