@@ -29,7 +29,6 @@ from pipeline.tracking import RunLogger, get_client, tracking_uri
 
 MAIN_METRICS = ("fid", "modes_covered", "classes_covered", "high_quality", "reverse_kl",
                 "class_kl")
-FORMATS = ("table", "markdown", "csv", "json")
 
 
 class DisagreementError(RuntimeError):

@@ -22,8 +22,6 @@ from pipeline.study import find_study
 from pipeline.sweep import RUN_ATTR, best_trial
 from pipeline.tracking import get_client, tracking_uri
 
-EXPORT_FILES = ("generator.pt", "generator.onnx", "config.json", "metrics.json", "samples.png",
-                "MODEL_CARD.md")
 ALIAS = "champion"
 
 
@@ -66,6 +64,7 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
         "dataset": meta["dataset"],
         "image_shape": meta["image_shape"],
         "output_scale": meta["output_scale"],
+        "centres": meta["centres"],
         "study": study_name,
         "trial": best.number,
         "mlflow_run_id": run_id,
@@ -81,10 +80,9 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
     with torch.no_grad():
         samples = generator(torch.randn(n, generator.latent_dim,
                                         generator=torch.Generator().manual_seed(0)))
-    centres = _centres(meta["dataset"])
     (out / "samples.png").write_bytes(samples_png(
         samples.numpy(), image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None,
-        centres=centres, title=f"{study_name}: trial {best.number}"))
+        centres=_centres(config), title=f"{study_name}: trial {best.number}"))
     (out / "MODEL_CARD.md").write_text(model_card(config, metrics))
     register(client, study_name, run_id, best.number, metrics)
     return out
@@ -157,14 +155,9 @@ or with onnxruntime: `InferenceSession("generator.onnx").run(None, {{"z": z}})`,
 """
 
 
-def _centres(dataset: str) -> np.ndarray | None:
-    from pipeline.data import grid25_centres, ring8_centres
-
-    if dataset == "grid25":
-        return grid25_centres().numpy()
-    if dataset == "ring8":
-        return ring8_centres().numpy()
-    return None
+def _centres(config: dict[str, Any]) -> np.ndarray | None:
+    """The mixture's mode centres, as the trial's dataset had them (drawn under 2-D samples)."""
+    return None if config.get("centres") is None else np.asarray(config["centres"])
 
 
 # --- sampling from an export ------------------------------------------------------------------
@@ -197,7 +190,7 @@ def write_samples(samples: np.ndarray, config: dict[str, Any], out: str | Path) 
     elif out.suffix == ".png":
         shape = config.get("image_shape")
         out.write_bytes(samples_png(samples, image_shape=tuple(shape) if shape else None,
-                                    centres=_centres(config.get("dataset", ""))))
+                                    centres=_centres(config)))
     else:
         raise ExportError(f"--out {out}: expected a .npy, .csv or .png file")
     return out

@@ -30,6 +30,8 @@ DEFAULT_STORAGE = Path("runs") / "optuna.journal"
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("median", "hyperband", "none")
 DIRECTIONS = ("minimize", "maximize")
+# A study's budget counts these: a pruned trial is a finished one.
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 SPEC_ATTR = "study_file"  # the study file's text, kept in the study so any machine can rebuild it
 
 
@@ -254,5 +256,4 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, Stu
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return study.get_trials(deepcopy=False, states=states)
+    return study.get_trials(deepcopy=False, states=FINISHED_STATES)

@@ -14,17 +14,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
+from optuna.study import MaxTrialsCallback
 
 from pipeline.config import Config, config_from_dict
 from pipeline.search_space import sample
 from pipeline.study import (
+    FINISHED_STATES,
     StudyDefinition,
     create_or_load,
     finished_trials,
@@ -44,7 +45,6 @@ class WorkerArgs:
     storage: str
     target: int  # finished (complete + pruned) trials the study should hold
     index: int
-    n_workers: int
     parent_run_id: str
     tracking_uri: str
     threads: int
@@ -78,7 +78,7 @@ def run_sweep(
     target = n_trials or defn.spec.budget.n_trials
     parent = ensure_parent_run(study, defn, uri, url, created=created)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    args = [WorkerArgs(str(study_file), url, target, i, workers, parent, uri, threads,
+    args = [WorkerArgs(str(study_file), url, target, i, parent, uri, threads,
                        defn.spec.budget.timeout, quiet=progress) for i in range(workers)]
 
     client = get_client(uri)
@@ -98,8 +98,6 @@ def run_sweep(
     finally:
         if monitor is not None:
             monitor.close()
-    if workers > 1:  # each worker reported when it stopped; this is the state after the last
-        report_to_parent(study, parent, uri)
     client.set_terminated(parent, "FINISHED")
     best = best_trial(study)
     return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start)
@@ -151,28 +149,20 @@ def worker_main(args: WorkerArgs) -> None:
     device = worker_device(defn.base, args.index)
     objective = Objective(defn, args.parent_run_id, args.tracking_uri, args.threads, device)
     if len(finished_trials(study)) < args.target:
-        study.optimize(objective, timeout=args.timeout, callbacks=[StopAt(args.target)],
-                       catch=(Exception,), gc_after_trial=False)
+        stop = MaxTrialsCallback(args.target, states=FINISHED_STATES)  # counts every worker's
+        study.optimize(objective, timeout=args.timeout, callbacks=[stop], catch=(Exception,),
+                       gc_after_trial=False)
     report_to_parent(study, args.parent_run_id, args.tracking_uri)
 
 
 def worker_device(base: Config, index: int) -> str:
-    """Worker i is pinned to GPU i mod n where there are GPUs; else the CPU."""
-    if base.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    """Worker i is pinned to GPU i mod n where there are GPUs; else what train would use."""
+    from pipeline.train import default_device
+
+    device = default_device(base.train.accelerator)
+    if device.startswith("cuda"):
         return f"cuda:{index % torch.cuda.device_count()}"
-    return "cpu"
-
-
-class StopAt:
-    """Stop once the study holds ``target`` finished trials, counting every worker's."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if len(finished_trials(study)) >= self.target:
-            study.stop()
+    return device
 
 
 class Objective:
@@ -353,7 +343,7 @@ class Progress:
         self.bar.close()
 
 
-def summary_lines(summary: SweepSummary, metrics: Mapping[str, float] | None = None) -> list[str]:
+def summary_lines(summary: SweepSummary) -> list[str]:
     lines = [f"study {summary.study_name}: {summary.n_finished} finished trials in "
              f"{summary.seconds:.0f} s; MLflow parent run {summary.parent_run_id}"]
     best = summary.best_trial

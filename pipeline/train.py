@@ -180,6 +180,7 @@ def log_weights(run: Any, module: GANModule, cfg: Config, dataset: Dataset) -> N
             "dataset": dataset.name,
             "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
             "output_scale": "[-1, 1] (images)" if dataset.is_images else "raw 2-D coordinates",
+            "centres": None if dataset.centres is None else dataset.centres.tolist(),
         }
         (folder / "generator.json").write_text(json.dumps(meta, indent=2))
         (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
