@@ -28,6 +28,7 @@ from pipeline.callbacks import MlflowMetrics
 from pipeline.config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig
 from pipeline.data import Dataset, TensorBatches, load_dataset
 from pipeline.metrics import Evaluator
+from pipeline.metrics.evaluator import check_settings
 from pipeline.module import GANModule
 from pipeline.networks import Discriminator, Generator, count_parameters
 from pipeline.tracking import mlflow_run, tracking_uri
@@ -212,8 +213,9 @@ def cached_dataset(data: DataConfig, seed: int) -> Dataset:
 
 
 def cached_evaluator(data: DataConfig, ev: EvalConfig, seed: int, device: str) -> Evaluator:
-    eval_json = json.dumps(dataclasses.asdict(ev), sort_keys=True)
-    try:
-        return _evaluator(*_data_key(data, seed), eval_json, device)
+    try:  # only the settings: a failure inside the metrics is not the user's config
+        check_settings(cached_dataset(data, seed), ev.n_samples, ev.metrics)
     except ValueError as exc:  # e.g. eval.metrics names a metric that does not apply
         raise ConfigError(f"eval: {exc}") from None
+    eval_json = json.dumps(dataclasses.asdict(ev), sort_keys=True)
+    return _evaluator(*_data_key(data, seed), eval_json, device)

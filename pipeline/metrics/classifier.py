@@ -35,6 +35,7 @@ BATCH_SIZE = 256
 LEARNING_RATE = 2e-3
 EPOCHS = 20
 MIN_STEPS = 500  # small datasets (8x8 digits: 1,437 images) need many epochs to converge
+EMBED_BATCH = 8192  # rows per forward pass: bounds memory when embedding a 60,000-image split
 # What torch.load raises for a truncated, foreign or corrupt file.
 UNREADABLE = (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, UnpicklingError)
 
@@ -175,9 +176,9 @@ def test_accuracy(
     assert dataset.test is not None and dataset.test_labels is not None
     model.eval()
     correct = 0
-    for start in range(0, len(dataset.test), 8192):
-        logits = model(dataset.test[start : start + 8192].to(device))
-        labels = dataset.test_labels[start : start + 8192].to(device)
+    for start in range(0, len(dataset.test), EMBED_BATCH):
+        logits = model(dataset.test[start : start + EMBED_BATCH].to(device))
+        labels = dataset.test_labels[start : start + EMBED_BATCH].to(device)
         correct += int((logits.argmax(dim=1) == labels).sum())
     return correct / len(dataset.test)
 

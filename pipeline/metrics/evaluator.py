@@ -36,6 +36,21 @@ KID_SUBSETS = 50
 NDB_BINS = 100
 
 
+def check_settings(
+    dataset: Dataset, n_samples: int, metrics: Sequence[str] | None
+) -> tuple[str, ...]:
+    """The metrics to compute for this dataset; ValueError for settings that cannot work."""
+    resolved = resolve_metrics(dataset.kind, metrics, has_centres=dataset.centres is not None)
+    if n_samples < 10:
+        raise ValueError(f"n_samples={n_samples}: need at least 10 samples for k-NN metrics")
+    if n_samples < 2 * NDB_BINS and "ndb_fraction" in resolved:
+        raise ValueError(
+            f"n_samples={n_samples} is too few to fill {NDB_BINS} NDB bins: use at least "
+            f"{2 * NDB_BINS} or leave ndb_fraction out of the metrics"
+        )
+    return resolved
+
+
 class Evaluator:
     """Scores generated samples against one dataset.
 
@@ -58,15 +73,7 @@ class Evaluator:
         seed: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
-        has_centres = dataset.centres is not None
-        self.metrics = resolve_metrics(dataset.kind, metrics, has_centres=has_centres)
-        if n_samples < 10:
-            raise ValueError(f"n_samples={n_samples}: need at least 10 samples for k-NN metrics")
-        if n_samples < 2 * NDB_BINS and "ndb_fraction" in self.metrics:
-            raise ValueError(
-                f"n_samples={n_samples} is too few to fill {NDB_BINS} NDB bins: use at least "
-                f"{2 * NDB_BINS} or leave ndb_fraction out of the metrics"
-            )
+        self.metrics = check_settings(dataset, n_samples, metrics)
         self.dataset = dataset
         self.dim = dataset.dim
         self.n_samples = min(n_samples, len(dataset.train))

@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pipeline.metrics.classifier import MLPClassifier
-
-EMBED_BATCH = 8192  # rows per forward pass: bounds memory when embedding a 60,000-image split
+from pipeline.metrics.classifier import EMBED_BATCH, MLPClassifier
 
 
 class ClassifierFeatures(nn.Module):
@@ -17,7 +15,6 @@ class ClassifierFeatures(nn.Module):
     def __init__(self, classifier: MLPClassifier) -> None:
         super().__init__()
         self.classifier = classifier.eval().requires_grad_(False)
-        self.num_features = classifier.num_features
 
     def train(self, mode: bool = True) -> ClassifierFeatures:
         # A parent module's .train() must never switch the frozen classifier's dropout back on.
