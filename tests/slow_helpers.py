@@ -27,7 +27,6 @@ from pipeline.config import PROJECT_ROOT
 
 SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
 ARTIFACTS_DIR = PROJECT_ROOT / "test-artifacts"  # screenshots (gitignored)
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 # MLflow 3 sends usage telemetry from clients and servers unless told not to: these tests talk to
@@ -129,16 +128,11 @@ class Service:
         self._log_file.close()
 
 
-def run_command(cmd: Sequence[str], *, cwd: Path, env: Mapping[str, str], timeout: float,
-                log: Path) -> tuple[int, str]:
-    """Run ``cmd`` to completion in its own process group (its children included), output to
-    ``log``; on timeout kill the group and fail. Returns (exit code, output)."""
-    return run_commands([cmd], cwd=cwd, env=env, timeout=timeout, logs=[log])[0]
-
-
 def run_commands(cmds: Sequence[Sequence[str]], *, cwd: Path, env: Mapping[str, str],
                  timeout: float, logs: Sequence[Path]) -> list[tuple[int, str]]:
-    """``run_command`` for several commands started together (machines sharing a study)."""
+    """Run ``cmds`` together (machines sharing a study), each to completion in its own process
+    group (its children included), output to its ``logs`` entry; if they are not all done within
+    ``timeout``, kill the groups and fail. Returns (exit code, output) per command."""
     deadline = time.monotonic() + timeout
     with contextlib.ExitStack() as stack:
         procs = []
@@ -172,10 +166,6 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 PYTHON = sys.executable
-
-
-def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.trials if t.state in FINISHED]
 
 
 def ran_concurrently(trials: Sequence[optuna.trial.FrozenTrial]) -> bool:

@@ -14,15 +14,15 @@ import optuna
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from slow_helpers import SMOKE
 
 from pipeline.__main__ import main
 from pipeline.compare import DisagreementError, compare, format_rows
-from pipeline.config import PROJECT_ROOT, ConfigError
+from pipeline.config import ConfigError
 from pipeline.export import ExportError, export_best, load_export
 from pipeline.networks import Generator
+from pipeline.study import SPEC_ATTR, open_storage
 from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
-
-SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +46,6 @@ def study_env(finished_study: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
 
 
 def _study(env: dict[str, str]) -> optuna.Study:
-    from pipeline.study import open_storage
-
     return optuna.load_study(study_name="smoke", storage=open_storage(env["OPTUNA_STORAGE"]))
 
 
@@ -155,11 +153,9 @@ def test_export_errors(study_env: dict[str, str], tmp_path: Path, capsys) -> Non
     with pytest.raises(ConfigError, match="not found"):
         export_best("no-such-study", tmp_path / "e")
     # a study whose only trial failed has nothing to export
-    from pipeline.study import open_storage
-
     study = optuna.create_study(study_name="empty", storage=open_storage(
         study_env["OPTUNA_STORAGE"]))
-    study.set_user_attr("study_file", SMOKE.read_text())
+    study.set_user_attr(SPEC_ATTR, SMOKE.read_text())
     trial = study.ask()
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
     with pytest.raises(ExportError, match="no complete trial"):

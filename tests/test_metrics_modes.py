@@ -7,32 +7,18 @@ import math
 import pytest
 import torch
 
+from pipeline.data import grid25_centres, mixture, ring8_centres
 from pipeline.metrics import class_metrics, kl_divergence, mixture_mode_metrics
 
 P_WITHIN_3_STD = 1 - math.exp(-4.5)  # P(chi2 with 2 dof <= 9) = 0.98889
-
-
-def ring8_centres() -> torch.Tensor:
-    angles = 2 * math.pi * torch.arange(8) / 8
-    return torch.stack([angles.cos(), angles.sin()], dim=1)
-
-
-def grid25_centres() -> torch.Tensor:
-    axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
-    return torch.cartesian_prod(axis, axis)
-
-
-def mixture_samples(centres: torch.Tensor, std: float, n: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    which = torch.randint(len(centres), (n,), generator=gen)
-    return centres[which] + std * torch.randn(n, 2, generator=gen)
 
 
 @pytest.mark.parametrize(
     ("centres", "std"), [(ring8_centres(), 0.01), (grid25_centres(), 0.05)], ids=["ring8", "grid25"]
 )
 def test_true_mixture_samples_score_perfectly(centres: torch.Tensor, std: float) -> None:
-    scores = mixture_mode_metrics(mixture_samples(centres, std, 2500, seed=0), centres, std)
+    samples = mixture("true", centres, 2500, std=std, seed=0).train
+    scores = mixture_mode_metrics(samples, centres, std)
     assert scores["modes_covered"] == len(centres)
     assert scores["high_quality"] == pytest.approx(P_WITHIN_3_STD, abs=0.01)
     assert 0 <= scores["reverse_kl"] < 0.01
@@ -40,7 +26,7 @@ def test_true_mixture_samples_score_perfectly(centres: torch.Tensor, std: float)
 
 @pytest.mark.parametrize("centres", [ring8_centres(), grid25_centres()], ids=["ring8", "grid25"])
 def test_all_samples_in_one_mode(centres: torch.Tensor) -> None:
-    collapsed = mixture_samples(centres[3:4], 0.01, 2500, seed=1)
+    collapsed = mixture("collapsed", centres[3:4], 2500, std=0.01, seed=1).train
     scores = mixture_mode_metrics(collapsed, centres, 0.01)
     assert scores["modes_covered"] == 1
     assert scores["reverse_kl"] == pytest.approx(math.log(len(centres)), rel=1e-12)

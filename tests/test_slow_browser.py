@@ -47,18 +47,33 @@ def chromium_path() -> str:
     return CHROMIUM
 
 
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """The smoke study, run once for this module into a tmp MLflow store and journal; returns
+    (tracking URI, parent run id, journal path)."""
+    root = tmp_path_factory.mktemp("smoke")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    journal = root / "optuna.journal"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("OPTUNA_STORAGE", raising=False)  # as conftest's _isolated does per test
+        no_telemetry(mp)
+        mp.chdir(root)
+        summary = run_sweep(SMOKE, storage=str(journal), progress=False)
+    return uri, summary.parent_run_id, journal
+
+
 @pytest.fixture
-def smoke_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
-    """The smoke study, run into a tmp MLflow store; returns (tracking URI, parent run id)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def smoke_store(smoke_study: tuple[str, str, Path],
+                monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, Path]:
+    """``smoke_study``, with this test's MLflow client pointed at its store, telemetry off."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", smoke_study[0])
     no_telemetry(monkeypatch)
-    summary = run_sweep(SMOKE, storage=str(tmp_path / "optuna.journal"), progress=False)
-    return uri, summary.parent_run_id
+    return smoke_study
 
 
 @pytest.fixture
-def mlflow_ui(smoke_store: tuple[str, str], tmp_path: Path) -> Iterator[str]:
+def mlflow_ui(smoke_store: tuple[str, str, Path], tmp_path: Path) -> Iterator[str]:
     """``python -m pipeline ui`` on the tmp store, 127.0.0.1:<free port>; its base URL."""
     port = free_port()
     ui = Service("MLflow UI", [PYTHON, "-m", "pipeline", "ui", "--port", str(port)],
@@ -107,9 +122,10 @@ def local_page(chromium_path: str, failure_screenshot: Path) -> Iterator[Page]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str], mlflow_ui: str,
-                                                 chromium_path: str, tmp_path: Path) -> None:
-    uri, parent_id = smoke_store
+def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str, Path],
+                                                 mlflow_ui: str, chromium_path: str,
+                                                 tmp_path: Path) -> None:
+    uri, parent_id, _ = smoke_store
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(parent_id)
     experiment = parent.info.experiment_id
@@ -176,10 +192,10 @@ def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str], m
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_optuna_dashboard_serves_the_study(smoke_store: tuple[str, str], chromium_path: str,
-                                           tmp_path: Path) -> None:
+def test_optuna_dashboard_serves_the_study(smoke_store: tuple[str, str, Path],
+                                           chromium_path: str, tmp_path: Path) -> None:
     """``python -m pipeline dashboard`` (what ``make dashboard`` runs) on the study's journal."""
-    journal = tmp_path / "optuna.journal"  # where smoke_store ran the study
+    journal = smoke_store[2]
     port = free_port()
     dashboard = Service("optuna-dashboard", [PYTHON, "-m", "pipeline", "dashboard", "--storage",
                                              str(journal), "--port", str(port)],

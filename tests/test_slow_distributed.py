@@ -11,7 +11,6 @@ import shlex
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -22,7 +21,6 @@ from slow_helpers import (
     SMOKE,
     Service,
     child_env,
-    finished,
     free_port,
     in_ci,
     no_telemetry,
@@ -32,6 +30,7 @@ from slow_helpers import (
     wait_until,
 )
 
+from pipeline.study import finished_trials
 from pipeline.sweep import PARENT_ATTR, RUN_ATTR
 
 PG_PORT = 5432
@@ -40,10 +39,7 @@ TRIALS = 4
 MACHINES = 2  # sweep commands started together, one worker each
 
 
-@dataclass
 class Postgres:
-    version: str
-
     def url(self, database: str) -> str:
         return f"postgresql+psycopg2://{ROLE}:{ROLE}@127.0.0.1:{PG_PORT}/{database}"
 
@@ -82,7 +78,7 @@ def postgres() -> Iterator[Postgres]:
         assert out.returncode == 0, f"pg_ctlcluster {version} main start: {out.stderr}"
         started = True
         wait_until(lambda: port_open(PG_PORT), 60, f"PostgreSQL {version} on port {PG_PORT}")
-    pg = Postgres(version)
+    pg = Postgres()
     pg.psql(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN "
             f"CREATE ROLE {ROLE} LOGIN; END IF; END $$;")
     pg.psql(f"ALTER ROLE {ROLE} LOGIN PASSWORD '{ROLE}'")
@@ -145,7 +141,7 @@ def test_postgres_storage_and_mlflow_server(databases: tuple[str, str], mlflow_s
 
     study = optuna.load_study(study_name="smoke", storage=optuna_url)
     trials = study.trials
-    done = finished(study)
+    done = finished_trials(study)
     # As in test_slow_workers: at least TRIALS, at most MACHINES-1 more (both may start a last
     # trial at once), and every started trial finished.
     assert TRIALS <= len(done) <= TRIALS + MACHINES - 1

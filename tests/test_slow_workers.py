@@ -10,9 +10,9 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from optuna.storages.journal import JournalFileBackend
-from slow_helpers import SMOKE, finished, no_telemetry, ran_concurrently
+from slow_helpers import SMOKE, no_telemetry, ran_concurrently
 
+from pipeline.study import finished_trials, open_storage
 from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
 
 TRIALS = 6
@@ -33,20 +33,19 @@ def no_stray_workers() -> Iterator[None]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_two_workers_share_one_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_two_workers_share_one_journal(tmp_path: Path, store_uri: str,
+                                       monkeypatch: pytest.MonkeyPatch,
                                        no_stray_workers: None) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     journal = str(tmp_path / "optuna.journal")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     no_telemetry(monkeypatch)
 
     summary = run_sweep(SMOKE, n_trials=TRIALS, workers=WORKERS, storage=journal,
                         progress=False)
 
-    study = optuna.load_study(study_name="smoke",
-                              storage=optuna.storages.JournalStorage(JournalFileBackend(journal)))
+    study = optuna.load_study(study_name="smoke", storage=open_storage(journal))
     trials = study.trials
-    done = finished(study)
+    done = finished_trials(study)
     # Each worker stops once the study holds TRIALS finished trials, counted after each of its
     # own trials. Two workers can both see TRIALS-1 and both start one more, so the study may end
     # with up to WORKERS-1 extra trials (the overshoot Optuna documents for parallel optimize
@@ -61,7 +60,7 @@ def test_two_workers_share_one_journal(tmp_path: Path, monkeypatch: pytest.Monke
     assert ran_concurrently(trials), [(t.number, t.datetime_start, t.datetime_complete)
                                       for t in trials]
 
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=store_uri)
     parent_id = study.user_attrs[PARENT_ATTR]
     assert parent_id == summary.parent_run_id
     parent = client.get_run(parent_id)

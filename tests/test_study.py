@@ -9,13 +9,19 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from slow_helpers import SMOKE
 
 from pipeline.config import PROJECT_ROOT, ConfigError
 from pipeline.search_space import sample
-from pipeline.study import create_or_load, load_study_file, parse_study
+from pipeline.study import (
+    create_or_load,
+    finished_trials,
+    load_study_file,
+    open_storage,
+    parse_study,
+)
 from pipeline.sweep import PARENT_ATTR, RUN_ATTR, ensure_parent_run, report_to_parent, run_sweep
 
-SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
 SPACE = """
 search_space:
   model.g_layers: {type: int, low: 1, high: 3}
@@ -137,20 +143,17 @@ search_space:
 
 
 @pytest.fixture
-def study_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri, str(tmp_path / "optuna.journal")
+def study_env(tmp_path: Path, store_uri: str,
+              monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
+    return store_uri, str(tmp_path / "optuna.journal")
 
 
 def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
     uri, storage = study_env
     summary = run_sweep(SMOKE, storage=storage, progress=False)
-    study = optuna.load_study(study_name="smoke", storage=_journal(storage))
-    finished = [t for t in study.trials if t.state.is_finished()]
-    states = [t.state for t in finished]
-    assert sum(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-               for s in states) == 4
+    study = optuna.load_study(study_name="smoke", storage=open_storage(storage))
+    assert len(finished_trials(study)) == 4
     assert summary.n_finished == 4
 
     client = MlflowClient(tracking_uri=uri)
@@ -186,10 +189,8 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
 
     # Resume: the same study, only the missing trials added, the same parent run.
     run_sweep(SMOKE, n_trials=6, storage=storage, progress=False)
-    study = optuna.load_study(study_name="smoke", storage=_journal(storage))
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                       optuna.trial.TrialState.PRUNED)]
-    assert len(finished) == 6
+    study = optuna.load_study(study_name="smoke", storage=open_storage(storage))
+    assert len(finished_trials(study)) == 6
     assert study.user_attrs[PARENT_ATTR] == parent_id
     children = client.search_runs([parent.info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
@@ -234,9 +235,3 @@ def test_one_parent_run_when_machines_start_a_study_together(study_env: tuple[st
     assert not created
     made = ensure_parent_run(orphan, defn, uri, storage, created=False, wait=0.5)
     assert made != parent_id and orphan.user_attrs[PARENT_ATTR] == made
-
-
-def _journal(path: str) -> optuna.storages.JournalStorage:
-    from optuna.storages.journal import JournalFileBackend
-
-    return optuna.storages.JournalStorage(JournalFileBackend(path))

@@ -119,7 +119,7 @@ def test_interrupted_run_ends_killed(tiny_config, store_uri: str, monkeypatch) -
     assert [r.info.status for r in runs] == ["KILLED"]
 
 
-def test_cli_train_prints_run_id(tiny_config, store_uri: str, capsys) -> None:
+def test_cli_train_prints_run_id(store_uri: str, capsys) -> None:
     code = main(["train", f"tracking.tracking_uri={store_uri}",
                  "data.n_points=1024", "train.epochs=1", "train.steps_per_epoch=4",
                  "train.progress_bar=false", "eval.n_samples=200", "model.g_hidden=[16]",
