@@ -8,6 +8,7 @@ any trial runs. The study's name is the file's stem unless the file names one.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,12 +180,28 @@ def open_storage(url: str) -> optuna.storages.BaseStorage | str:
     under parallel writers); PostgreSQL is the one for many machines.
     """
     if "://" in url:
-        return url
+        return _rdb_storage(url)
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _rdb_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    import sqlalchemy.exc
+
+    races = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+             sqlalchemy.exc.OperationalError)
+    for attempt in range(attempts - 1):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except races:
+            # Machines starting together on an empty database race to create Optuna's tables
+            # and stamp their version (a duplicate key on alembic_version, seen with two
+            # machines on PostgreSQL); on the next try the loser finds them made.
+            time.sleep(1.0 + attempt)
+    return optuna.storages.RDBStorage(url)
 
 
 def make_sampler(spec: SamplerSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:

@@ -235,3 +235,28 @@ def test_one_parent_run_when_machines_start_a_study_together(study_env: tuple[st
     assert not created
     made = ensure_parent_run(orphan, defn, uri, storage, created=False, wait=0.5)
     assert made != parent_id and orphan.user_attrs[PARENT_ATTR] == made
+
+
+def test_rdb_storage_retries_when_another_machine_creates_its_tables(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first machine on an empty database makes Optuna's tables; one that raced it and
+    lost (duplicate key on alembic_version) opens the storage on its next try."""
+    import sqlalchemy.exc
+
+    real = optuna.storages.RDBStorage
+    tries: list[str] = []
+
+    def racing(url: str) -> optuna.storages.RDBStorage:
+        tries.append(url)
+        if len(tries) == 1:
+            real(url)  # the other machine wins ...
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception())
+        return real(url)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = open_storage(url)
+    monkeypatch.undo()  # create_study checks isinstance(storage, RDBStorage)
+    assert len(tries) == 2
+    assert optuna.create_study(storage=storage, study_name="s").study_name == "s"
