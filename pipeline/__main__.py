@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 from pipeline.data import DataError
+from pipeline.logs import quiet_libraries
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=cmd_dashboard)
 
     args = parser.parse_args(argv)
+    quiet_libraries()
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError) as exc:  # ExportError is a ConfigError too
@@ -88,14 +90,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from pipeline.study import load_study_file
+    from pipeline.study.spec import load_study_file
 
-    load_study_file(args.study_file)  # fail fast, before the heavy imports
+    defn = load_study_file(args.study_file)  # fail fast, before the heavy imports
     if args.workers < 1 or (args.trials is not None and args.trials < 1):
         raise ConfigError("--workers and --trials: expected numbers >= 1")
-    from pipeline.sweep import run_sweep, summary_lines
+    from pipeline.study.sweep import run_sweep, summary_lines
 
-    summary = run_sweep(args.study_file, n_trials=args.trials, workers=args.workers,
+    summary = run_sweep(defn, n_trials=args.trials, workers=args.workers,
                         storage=args.storage, progress=not args.no_progress)
     print("\n".join(summary_lines(summary)))
     return 0
@@ -147,7 +149,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     import subprocess
 
-    from pipeline.study import storage_url
+    from pipeline.study.store import storage_url
 
     url = storage_url(args.storage)
     cmd = [str(Path(sys.executable).parent / "optuna-dashboard"), url, "--host", "127.0.0.1",

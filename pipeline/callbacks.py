@@ -57,9 +57,9 @@ class MlflowMetrics(L.Callback):
         if trainer.sanity_checking or not pl_module.last_eval:
             return
         epoch = trainer.current_epoch + 1
-        self.run.log_metrics({f"val/{k}": v for k, v in pl_module.last_eval.items()}, step=epoch)
+        self.run.log_metrics(pl_module.last_eval, step=epoch)
         for key, value in pl_module.last_eval.items():
-            self.history[f"val/{key}"].append(float(value))
+            self.history[key].append(value)
         self.epochs_evaluated.append(epoch)
         if epoch % self.sample_every == 0:
             self.log_picture(pl_module, f"samples/epoch_{epoch:04d}.png", f"epoch {epoch}")

@@ -14,7 +14,7 @@ import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -22,13 +22,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
 
+from pipeline.metrics.registry import MAIN_METRICS, val_key
 from pipeline.plots import figure_png
-from pipeline.study import StudyDefinition, find_study
-from pipeline.sweep import PARENT_ATTR, RUN_ATTR
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study
 from pipeline.tracking import RunLogger, get_client, tracking_uri
 
-MAIN_METRICS = ("fid", "modes_covered", "classes_covered", "high_quality", "reverse_kl",
-                "class_kl")
+if TYPE_CHECKING:
+    from pipeline.study.spec import StudyDefinition
 
 
 class DisagreementError(RuntimeError):
@@ -58,8 +58,8 @@ def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[
         row: dict[str, Any] = {"rank": rank, "trial": trial.number, "state": trial.state.name,
                                "objective": value}
         for name in MAIN_METRICS:
-            if f"val/{name}" in metrics:
-                row[name] = metrics[f"val/{name}"]
+            if val_key(name) in metrics:
+                row[name] = metrics[val_key(name)]
         row.update({f"p:{k}": v for k, v in sorted(trial.params.items())})
         row["run_id"] = run_id
         rows.append(row)

@@ -18,15 +18,16 @@ from typing import Any
 
 import yaml
 
+from pipeline.data import DATASETS
+from pipeline.losses import LOSSES
+from pipeline.metrics.registry import METRICS, MIN_SAMPLES
+from pipeline.networks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "conf" / "defaults.yaml"
 
-ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
-NORMS = ("none", "batch", "layer")
-OUTPUT_ACTIVATIONS = ("auto", "tanh", "none")
-LOSSES = ("bce", "hinge", "lsgan", "wgan-gp")
+# Allowed names come from the registries, so a new loss, dataset or activation needs no edit here.
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-DATASET_NAMES = ("ring8", "grid25", "digits", "fashion_mnist", "mnist")
 
 
 class ConfigError(ValueError):
@@ -42,7 +43,7 @@ class DataConfig:
     std: float | None = None  # mixtures: component std; None = PacGAN's (ring8 0.01, grid25 0.05)
 
     def validate(self) -> None:
-        _choice("data.name", self.name, DATASET_NAMES)
+        check_choice("data.name", self.name, DATASETS)
         _positive("data.n_points", self.n_points)
         _positive("data.radius", self.radius)
         if self.std is not None:
@@ -72,14 +73,15 @@ class ModelConfig:
                 raise ConfigError(f"model.{key}: got [], expected at least one hidden layer")
             for w in widths:
                 _positive(f"model.{key}", w)
-        _choice("model.activation", self.activation, ACTIVATIONS)
+        check_choice("model.activation", self.activation, ACTIVATIONS)
         _positive("model.leaky_slope", self.leaky_slope)
-        _choice("model.g_norm", self.g_norm, NORMS)
-        _choice("model.d_norm", self.d_norm, NORMS)
+        check_choice("model.g_norm", self.g_norm, NORMS)
+        check_choice("model.d_norm", self.d_norm, NORMS)
         _fraction("model.g_dropout", self.g_dropout)
         _fraction("model.d_dropout", self.d_dropout)
         _positive("model.pack", self.pack)
-        _choice("model.output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        check_choice("model.output_activation", self.output_activation,
+                     ["auto", *OUTPUT_ACTIVATIONS])
 
 
 @dataclass
@@ -106,7 +108,7 @@ class TrainConfig:
         _positive("train.batch_size", self.batch_size)
         if self.steps_per_epoch is not None:
             _positive("train.steps_per_epoch", self.steps_per_epoch)
-        _choice("train.loss", self.loss, LOSSES)
+        check_choice("train.loss", self.loss, LOSSES)
         _positive("train.n_critic", self.n_critic)
         _positive("train.gp_weight", self.gp_weight, allow_zero=True)
         _positive("train.g_lr", self.g_lr)
@@ -117,7 +119,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}: got {betas!r}, expected two numbers in [0, 1)")
         _positive("train.log_every_n_steps", self.log_every_n_steps)
         _positive("train.sample_every_n_epochs", self.sample_every_n_epochs)
-        _choice("train.accelerator", self.accelerator, ACCELERATORS)
+        check_choice("train.accelerator", self.accelerator, ACCELERATORS)
         if self.threads is not None:
             _positive("train.threads", self.threads)
 
@@ -130,10 +132,12 @@ class EvalConfig:
     cache_dir: str = "runs/cache"  # the FID feature classifiers are trained once and kept here
 
     def validate(self) -> None:
-        _positive("eval.n_samples", self.n_samples)
-        if self.n_samples < 10:
-            raise ConfigError(f"eval.n_samples: got {self.n_samples}, expected at least 10")
+        if self.n_samples < MIN_SAMPLES:
+            raise ConfigError(
+                f"eval.n_samples: got {self.n_samples}, expected at least {MIN_SAMPLES}")
         _positive("eval.every_n_epochs", self.every_n_epochs)
+        for name in self.metrics or ():
+            check_choice("eval.metrics", name, METRICS)
 
 
 @dataclass
@@ -204,17 +208,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise ConfigError(f"{path}: malformed YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> Python values; malformed YAML is a ConfigError naming ``source`` and line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{source}: malformed YAML{line}: {problem}") from None
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -313,7 +323,8 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+def check_choice(key: str, value: Any, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
     if value not in allowed:
         raise ConfigError(f"{key}: got {value!r}, expected one of {', '.join(allowed)}")
 

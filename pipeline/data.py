@@ -10,21 +10,19 @@ import gzip
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.config import DataConfig
+if TYPE_CHECKING:  # config sits above data: it reads DATASETS to validate data.name
+    from pipeline.config import DataConfig
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-IMAGE_DATASETS = ("digits", "fashion_mnist", "mnist")
-MIXTURE_DATASETS = ("ring8", "grid25")
-DATASETS = MIXTURE_DATASETS + IMAGE_DATASETS
 
 
 class DataError(RuntimeError):
@@ -52,33 +50,74 @@ class Dataset:
     def is_images(self) -> bool:
         return self.kind == "images"
 
+    @property
+    def has_centres(self) -> bool:
+        return self.centres is not None
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A 2-D Gaussian mixture with known mode centres, drawn from the run's seed."""
+
+    centres: Callable[[float], Tensor]  # data.radius -> (K, 2) centres
+    std: float  # per-coordinate std of a component when data.std is null (PacGAN's values)
+    kind: Literal["points"] = "points"
+    seeded: bool = True  # the training points depend on the seed (so do caches of them)
+    has_centres: bool = True
+
+    def load(self, name: str, cfg: DataConfig, seed: int) -> Dataset:
+        return mixture(name, self.centres(cfg.radius), cfg.n_points, cfg.std or self.std, seed)
+
+
+@dataclass(frozen=True)
+class Images:
+    """Labelled images in [-1, 1] with a held-out split (for the FID feature classifier)."""
+
+    read: Callable[[str, str | None], Dataset]  # (name, data.root) -> dataset
+    kind: Literal["images"] = "images"
+    seeded: bool = False  # fixed files: one cache entry serves every seed
+    has_centres: bool = False
+
+    def load(self, name: str, cfg: DataConfig, seed: int) -> Dataset:
+        return self.read(name, cfg.root)
+
+
+DatasetInfo = Mixture | Images
+
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     """Build the dataset named by ``cfg.name``; mixtures are drawn from ``seed``."""
-    if cfg.name == "ring8":
-        return ring8(cfg.n_points, radius=cfg.radius, std=cfg.std or 0.01, seed=seed)
-    if cfg.name == "grid25":
-        return grid25(cfg.n_points, std=cfg.std or 0.05, seed=seed)
-    if cfg.name == "digits":
-        return digits()
-    if cfg.name in ("fashion_mnist", "mnist"):
-        return idx_dataset(cfg.name, idx_folder(cfg.name, cfg.root))
-    raise DataError(f"unknown dataset {cfg.name!r} (expected one of {', '.join(DATASETS)})")
+    info = DATASETS.get(cfg.name)
+    if info is None:
+        raise DataError(f"unknown dataset {cfg.name!r} (expected one of {', '.join(DATASETS)})")
+    return info.load(cfg.name, cfg, seed)
 
 
 # --- 2-D Gaussian mixtures (PacGAN's definitions) ----------------------------------------------
 
 
-def ring8_centres(radius: float = 1.0) -> Tensor:
-    # 2*pi*k/8 for k < 8: linspace(0, 2*pi, 8) would repeat angle 0 as 2*pi and give 7 modes.
-    angles = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
+def ring_centres(k: int, radius: float = 1.0) -> Tensor:
+    # 2*pi*i/k for i < k: linspace(0, 2*pi, k) would repeat angle 0 as 2*pi and lose a mode.
+    angles = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k
     return (radius * torch.stack([angles.cos(), angles.sin()], dim=1)).float()
 
 
-def grid25_centres() -> Tensor:
-    axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+def grid_centres(side: int, spacing: float = 2.0) -> Tensor:
+    """side x side centres, ``spacing`` apart, centred on the origin."""
+    axis = spacing * (torch.arange(side, dtype=torch.float32) - (side - 1) / 2)
     xs, ys = torch.meshgrid(axis, axis, indexing="ij")
     return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+
+
+def ring8_centres(radius: float = 1.0) -> Tensor:
+    return ring_centres(8, radius)
+
+
+def grid25_centres() -> Tensor:
+    return grid_centres(5)
 
 
 def mixture(name: str, centres: Tensor, n: int, std: float, seed: int) -> Dataset:
@@ -99,7 +138,7 @@ def grid25(n: int = 100_000, std: float = 0.05, seed: int = 0) -> Dataset:
 # --- images ------------------------------------------------------------------------------------
 
 
-def digits() -> Dataset:
+def digits(name: str = "digits", root: str | None = None) -> Dataset:
     """scikit-learn's bundled 8x8 digits (offline), with a fixed 80/20 split for the classifier."""
     from sklearn.datasets import load_digits
 
@@ -111,7 +150,7 @@ def digits() -> Dataset:
     cut = int(0.8 * len(images))
     tr, te = order[:cut], order[cut:]
     return Dataset(
-        name="digits", kind="images", train=images[tr], train_labels=labels[tr],
+        name=name, kind="images", train=images[tr], train_labels=labels[tr],
         test=images[te], test_labels=labels[te], image_shape=(8, 8), num_classes=10,
     )
 
@@ -122,34 +161,30 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte.gz",
     "test_labels": "t10k-labels-idx1-ubyte.gz",
 }
-HOW_TO_GET = {
-    "fashion_mnist": (
-        "install Debian's package (apt-get install dataset-fashion-mnist, files in "
-        f"{DEBIAN_FASHION_MNIST}) or download the four *-ubyte.gz files from "
-        "github.com/zalandoresearch/fashion-mnist into a folder and pass data.root=FOLDER "
-        "or set FASHION_MNIST_DIR"
-    ),
-    "mnist": (
-        "download the four MNIST *-ubyte.gz files into a folder and pass data.root=FOLDER "
-        "or set MNIST_DIR"
-    ),
-}
 
 
-def idx_folder(name: str, root: str | None) -> Path:
-    """data.root, else $FASHION_MNIST_DIR / $MNIST_DIR, else Debian's folder (Fashion-MNIST)."""
-    if root:
-        return Path(root).expanduser()
-    env = os.environ.get("FASHION_MNIST_DIR" if name == "fashion_mnist" else "MNIST_DIR")
-    if env:
-        return Path(env).expanduser()
-    if name == "fashion_mnist":
-        return DEBIAN_FASHION_MNIST
-    raise DataError(f"mnist: no folder given; {HOW_TO_GET['mnist']}")
+@dataclass(frozen=True)
+class IdxFolder:
+    """Where a dataset's four IDX files are: data.root, else ``env_var``, else ``default``."""
+
+    env_var: str
+    how_to_get: str
+    default: Path | None = None
+
+    def __call__(self, name: str, root: str | None) -> Dataset:
+        return idx_dataset(name, self.folder(name, root), self.how_to_get)
+
+    def folder(self, name: str, root: str | None) -> Path:
+        given = root or os.environ.get(self.env_var)
+        if given:
+            return Path(given).expanduser()
+        if self.default is not None:
+            return self.default
+        raise DataError(f"{name}: no folder given; {self.how_to_get}")
 
 
-def idx_dataset(name: str, folder: Path) -> Dataset:
-    arrays = {key: read_idx(name, folder / file) for key, file in IDX_FILES.items()}
+def idx_dataset(name: str, folder: Path, how_to_get: str = "") -> Dataset:
+    arrays = {key: read_idx(name, folder / file, how_to_get) for key, file in IDX_FILES.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise DataError(f"{name}: {split} images and labels differ in count in {folder}")
@@ -169,12 +204,12 @@ def idx_dataset(name: str, folder: Path) -> Dataset:
     )
 
 
-def read_idx(name: str, path: Path) -> np.ndarray:
+def read_idx(name: str, path: Path, how_to_get: str = "") -> np.ndarray:
     """Read one (optionally gzipped) IDX file of unsigned bytes: magic, dims, then the data."""
     if not path.exists() and path.suffix == ".gz" and path.with_suffix("").exists():
         path = path.with_suffix("")  # an already unpacked copy
     if not path.exists():
-        raise DataError(f"{name}: missing {path}; {HOW_TO_GET[name]}")
+        raise DataError(f"{name}: missing {path}; {how_to_get}")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as fh:
@@ -187,8 +222,29 @@ def read_idx(name: str, path: Path) -> np.ndarray:
         if data.size != int(np.prod(dims)):
             raise ValueError(f"expected {int(np.prod(dims))} values, found {data.size}")
     except (OSError, EOFError, ValueError, struct.error) as exc:
-        raise DataError(f"{name}: corrupt file {path} ({exc}); {HOW_TO_GET[name]}") from None
+        raise DataError(f"{name}: corrupt file {path} ({exc}); {how_to_get}") from None
     return data.reshape(dims)
+
+
+# The registry: config validation, cache keys and the metrics' applicability read it.
+DATASETS: dict[str, DatasetInfo] = {
+    "ring8": Mixture(ring8_centres, std=0.01),
+    "grid25": Mixture(lambda radius: grid25_centres(), std=0.05),
+    "digits": Images(digits),
+    "fashion_mnist": Images(IdxFolder(
+        "FASHION_MNIST_DIR",
+        "install Debian's package (apt-get install dataset-fashion-mnist, files in "
+        f"{DEBIAN_FASHION_MNIST}) or download the four *-ubyte.gz files from "
+        "github.com/zalandoresearch/fashion-mnist into a folder and pass data.root=FOLDER "
+        "or set FASHION_MNIST_DIR",
+        default=DEBIAN_FASHION_MNIST,
+    )),
+    "mnist": Images(IdxFolder(
+        "MNIST_DIR",
+        "download the four MNIST *-ubyte.gz files into a folder and pass data.root=FOLDER "
+        "or set MNIST_DIR",
+    )),
+}
 
 
 # --- batches -------------------------------------------------------------------------------------

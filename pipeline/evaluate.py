@@ -11,6 +11,7 @@ import torch
 from pipeline.config import ConfigError, DataConfig, EvalConfig
 from pipeline.data import load_dataset
 from pipeline.metrics import Evaluator
+from pipeline.metrics.registry import MIN_SAMPLES
 
 
 def evaluate_file(
@@ -28,10 +29,10 @@ def evaluate_file(
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--samples: cannot read {samples_path} as .npy ({exc})") from None
     dataset = load_dataset(data_cfg)
-    if samples.ndim != 2 or samples.shape[1] != dataset.dim or len(samples) < 10:
+    if samples.ndim != 2 or samples.shape[1] != dataset.dim or len(samples) < MIN_SAMPLES:
         raise ConfigError(
-            f"--samples: got shape {samples.shape}, expected (N, {dataset.dim}) with N >= 10 "
-            f"for {data_name}"
+            f"--samples: got shape {samples.shape}, expected (N, {dataset.dim}) with "
+            f"N >= {MIN_SAMPLES} for {data_name}"
         )
     try:
         evaluator = Evaluator(dataset, n_samples=len(samples), metrics=metrics,

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError
+from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.networks import Generator
 from pipeline.plots import samples_png
-from pipeline.study import find_study
-from pipeline.sweep import RUN_ATTR, best_trial
+from pipeline.study.store import RUN_ATTR, best_trial, find_study
 from pipeline.tracking import get_client, tracking_uri
 
 ALIAS = "champion"
@@ -54,7 +54,7 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
 
     out = Path(out_dir) if out_dir else Path("exports") / study_name
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("val/")}
+    metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(VAL_PREFIX)}
     metrics["objective"] = float(best.value)  # type: ignore[arg-type]
     config = {
         "generator_kwargs": meta["generator_kwargs"],

@@ -1,42 +1,31 @@
-"""GAN losses on discriminator logits: (d_loss(real, fake), g_loss(fake)) per kind.
+"""GAN losses on discriminator logits, one small object per loss: the registry ``LOSSES``.
 
 All take raw logits (D has no sigmoid); BCE uses softplus, which is BCE-with-logits written out.
+A loss gives D's loss, G's loss and any penalty on D; the training step asks for all three and
+never branches on a loss's name. Adding a loss is one entry in ``LOSSES`` (config validation and
+the study search spaces read their choices from it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
-def d_loss(kind: str, real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    if kind == "bce":
-        # -log sigmoid(r) - log(1 - sigmoid(f))
-        return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-    if kind == "hinge":
-        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
-    if kind == "lsgan":
-        return 0.5 * ((real_logits - 1.0).pow(2).mean() + fake_logits.pow(2).mean())
-    if kind == "wgan-gp":
-        return fake_logits.mean() - real_logits.mean()
-    raise ValueError(f"unknown loss {kind!r}")
+@dataclass(frozen=True)
+class Loss:
+    d_loss: Callable[[Tensor, Tensor], Tensor]  # (real logits, fake logits) -> D's loss
+    g_loss: Callable[[Tensor], Tensor]  # fake logits -> G's loss
+    # A penalty on D computed from real and fake samples (WGAN-GP's gradient penalty), scaled by
+    # train.gp_weight; None when the loss has none.
+    penalty: Callable[[Callable[[Tensor], Tensor], Tensor, Tensor], Tensor] | None = None
 
 
-def g_loss(kind: str, fake_logits: Tensor) -> Tensor:
-    if kind == "bce":
-        # Non-saturating: maximise log D(G(z)) rather than minimise log(1 - D(G(z))).
-        return F.softplus(-fake_logits).mean()
-    if kind in ("hinge", "wgan-gp"):
-        return -fake_logits.mean()
-    if kind == "lsgan":
-        return 0.5 * (fake_logits - 1.0).pow(2).mean()
-    raise ValueError(f"unknown loss {kind!r}")
-
-
-def gradient_penalty(discriminator: nn.Module | Callable[[Tensor], Tensor], real: Tensor,
+def gradient_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor,
                      fake: Tensor) -> Tensor:
     """WGAN-GP (Gulrajani et al. 2017): (||grad D(x_hat)|| - 1)^2 on real/fake interpolates.
 
@@ -51,3 +40,34 @@ def gradient_penalty(discriminator: nn.Module | Callable[[Tensor], Tensor], real
     usable = len(out) * pack
     norms = grad[:usable].reshape(len(out), -1).norm(2, dim=1)
     return (norms - 1.0).pow(2).mean()
+
+
+def _wasserstein_g(fake: Tensor) -> Tensor:
+    return -fake.mean()
+
+
+LOSSES: dict[str, Loss] = {
+    # Non-saturating: G maximises log D(G(z)) rather than minimising log(1 - D(G(z))).
+    "bce": Loss(
+        d_loss=lambda real, fake: F.softplus(-real).mean() + F.softplus(fake).mean(),
+        g_loss=lambda fake: F.softplus(-fake).mean(),
+    ),
+    "hinge": Loss(
+        d_loss=lambda real, fake: F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean(),
+        g_loss=_wasserstein_g,
+    ),
+    "lsgan": Loss(
+        d_loss=lambda real, fake: 0.5 * ((real - 1.0).pow(2).mean() + fake.pow(2).mean()),
+        g_loss=lambda fake: 0.5 * (fake - 1.0).pow(2).mean(),
+    ),
+    "wgan-gp": Loss(
+        d_loss=lambda real, fake: fake.mean() - real.mean(),
+        g_loss=_wasserstein_g,
+        penalty=gradient_penalty,
+    ),
+}
+
+
+def losses_with_penalty() -> list[str]:
+    """The losses that read train.gp_weight (a study samples it only for these)."""
+    return [name for name, loss in LOSSES.items() if loss.penalty is not None]

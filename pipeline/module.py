@@ -16,7 +16,8 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor
 
-from pipeline import losses
+from pipeline.losses import LOSSES
+from pipeline.metrics.registry import EVAL_SECONDS, val_key
 from pipeline.networks import Discriminator, Generator
 
 
@@ -45,7 +46,7 @@ class GANModule(L.LightningModule):
         self.automatic_optimization = False
         self.generator = generator
         self.discriminator = discriminator
-        self.loss = loss
+        self.loss = LOSSES[loss]
         self.n_critic = n_critic
         self.gp_weight = gp_weight
         self.g_lr, self.d_lr = g_lr, d_lr
@@ -57,7 +58,7 @@ class GANModule(L.LightningModule):
                         generator=torch.Generator().manual_seed(seed + 1))
         self.register_buffer("fixed_z", z)
         self._val_chunks: list[Tensor] = []
-        self.last_eval: dict[str, float] = {}
+        self.last_eval: dict[str, float] = {}  # the latest evaluation, keys val/<name>
 
     def forward(self, z: Tensor) -> Tensor:
         return self.generator(z)
@@ -83,10 +84,9 @@ class GANModule(L.LightningModule):
             fake = self.generator(self._noise(n))
         real_logits = self.discriminator(real)
         fake_logits = self.discriminator(fake)
-        d_loss = losses.d_loss(self.loss, real_logits, fake_logits)
-        if self.loss == "wgan-gp":
-            d_loss = d_loss + self.gp_weight * losses.gradient_penalty(
-                self.discriminator, real, fake)
+        d_loss = self.loss.d_loss(real_logits, fake_logits)
+        if self.loss.penalty is not None:
+            d_loss = d_loss + self.gp_weight * self.loss.penalty(self.discriminator, real, fake)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         opt_d.step()
@@ -99,8 +99,7 @@ class GANModule(L.LightningModule):
         # Generator: one step per n_critic discriminator steps.
         if (batch_idx + 1) % self.n_critic == 0:
             with self.toggled_optimizer(opt_g):  # D's weights get no gradients in G's step
-                g_loss = losses.g_loss(self.loss, self.discriminator(
-                    self.generator(self._noise(n))))
+                g_loss = self.loss.g_loss(self.discriminator(self.generator(self._noise(n))))
                 opt_g.zero_grad(set_to_none=True)
                 self.manual_backward(g_loss)
                 opt_g.step()
@@ -125,10 +124,10 @@ class GANModule(L.LightningModule):
         self._val_chunks = []
         start = time.perf_counter()
         metrics = dict(self.evaluator.evaluate(samples))
-        metrics["eval_seconds"] = time.perf_counter() - start
-        self.last_eval = metrics
+        metrics[EVAL_SECONDS] = time.perf_counter() - start
+        self.last_eval = {val_key(k): float(v) for k, v in metrics.items()}
         # Into trainer.callback_metrics, where the pruning callback looks for its monitor.
-        self.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, batch_size=len(samples))
+        self.log_dict(self.last_eval, batch_size=len(samples))
 
     @torch.no_grad()
     def picture_samples(self) -> Tensor:

@@ -2,31 +2,51 @@
 
 Both are rebuilt from the same keyword arguments when a model is exported, so every constructor
 argument is a JSON-friendly value (ints, floats, strings, lists).
+
+``ACTIVATIONS`` and ``NORMS`` are the registries of layer choices: config validation and the
+study search spaces read their names from here, so adding one is one entry.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 
+@dataclass(frozen=True)
+class Activation:
+    make: Callable[[float], nn.Module]  # leaky slope -> layer
+    uses_slope: bool = False  # reads model.leaky_slope (a study samples it only then)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "relu": Activation(lambda _: nn.ReLU()),
+    "leaky_relu": Activation(nn.LeakyReLU, uses_slope=True),
+    "elu": Activation(lambda _: nn.ELU()),
+    "gelu": Activation(lambda _: nn.GELU()),
+    "silu": Activation(lambda _: nn.SiLU()),
+    "tanh": Activation(lambda _: nn.Tanh()),
+}
+
+OUTPUT_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"none": nn.Identity, "tanh": nn.Tanh}
+
+NORMS: dict[str, Callable[[int], nn.Module] | None] = {
+    "none": None,
+    "batch": nn.BatchNorm1d,
+    "layer": nn.LayerNorm,
+}
+
+
 def activation_layer(name: str, leaky_slope: float = 0.2) -> nn.Module:
-    if name == "leaky_relu":
-        return nn.LeakyReLU(leaky_slope)
-    layers: dict[str, type[nn.Module]] = {
-        "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
-    }
-    return layers[name]()
+    return ACTIVATIONS[name].make(leaky_slope)
 
 
 def norm_layer(name: str, width: int) -> nn.Module | None:
-    if name == "batch":
-        return nn.BatchNorm1d(width)
-    if name == "layer":
-        return nn.LayerNorm(width)
-    return None
+    make = NORMS[name]
+    return None if make is None else make(width)
 
 
 def mlp(
@@ -83,7 +103,7 @@ class Generator(nn.Module):
             latent_dim, hidden, out_dim,
             activation=activation, leaky_slope=leaky_slope, norm=norm, dropout=dropout,
         )
-        self.out = nn.Tanh() if output_activation == "tanh" else nn.Identity()
+        self.out = OUTPUT_ACTIVATIONS[output_activation]()
 
     def forward(self, z: Tensor) -> Tensor:
         return self.out(self.net(z))

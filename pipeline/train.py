@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import signal
 import tempfile
 import threading
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,18 +24,11 @@ import yaml
 
 from pipeline.callbacks import MlflowMetrics
 from pipeline.config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig
-from pipeline.data import Dataset, TensorBatches, load_dataset
-from pipeline.metrics import Evaluator
-from pipeline.metrics.evaluator import check_settings
+from pipeline.data import DATASETS, Dataset, TensorBatches, load_dataset
+from pipeline.metrics import Evaluator, check_settings
 from pipeline.module import GANModule
 from pipeline.networks import Discriminator, Generator, count_parameters
 from pipeline.tracking import mlflow_run, tracking_uri
-
-# Lightning prints device and model banners for every fit; a study runs hundreds of fits.
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-# Lightning 2.6 trips over its own deprecation on every fit; nothing for a user to act on.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @dataclass
@@ -71,16 +62,8 @@ def fit(
     device = device or default_device(cfg.train.accelerator)
     dataset = cached_dataset(cfg.data, cfg.train.seed)
     evaluator = cached_evaluator(cfg.data, cfg.eval, cfg.train.seed, device)
-
-    L.seed_everything(cfg.train.seed, verbose=False)
-    generator = Generator(**generator_kwargs(cfg.model, dataset))
-    discriminator = Discriminator(**discriminator_kwargs(cfg.model, dataset))
+    module = build_module(cfg, dataset, evaluator)
     t = cfg.train
-    module = GANModule(
-        generator, discriminator, loss=t.loss, n_critic=t.n_critic, gp_weight=t.gp_weight,
-        g_lr=t.g_lr, d_lr=t.d_lr, g_betas=t.g_betas, d_betas=t.d_betas, evaluator=evaluator,
-        n_picture=64 if dataset.is_images else cfg.eval.n_samples, seed=t.seed,
-    )
     train_batches = TensorBatches(dataset.train.to(device), t.batch_size, seed=t.seed,
                                   steps=t.steps_per_epoch)
     eval_z = torch.randn(cfg.eval.n_samples, cfg.model.latent_dim,
@@ -99,8 +82,8 @@ def fit(
         if on_run_start is not None:
             on_run_start(run.run_id)
         params: dict[str, Any] = dict(cfg.flat())
-        params["model.g_parameters"] = count_parameters(generator)
-        params["model.d_parameters"] = count_parameters(discriminator)
+        params["model.g_parameters"] = count_parameters(module.generator)
+        params["model.d_parameters"] = count_parameters(module.discriminator)
         if evaluator.classifier_accuracy is not None:
             params["eval.classifier_test_accuracy"] = round(evaluator.classifier_accuracy, 4)
         params.update(extra_params or {})
@@ -108,29 +91,9 @@ def fit(
 
         tracker = MlflowMetrics(run, dataset, log_every_n_steps=t.log_every_n_steps,
                                 sample_every_n_epochs=t.sample_every_n_epochs)
-        trainer = L.Trainer(
-            accelerator="gpu" if device.startswith("cuda") else "cpu",
-            devices=[int(device.split(":")[1])] if device.startswith("cuda:") else 1,
-            max_epochs=t.epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=t.progress_bar,
-            check_val_every_n_epoch=cfg.eval.every_n_epochs,
-            num_sanity_val_steps=0,
-            deterministic=True,
-            callbacks=[tracker, *callbacks],  # tracker first: it logs before a pruner raises
-        )
-        try:
-            trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=eval_batches)
-        except SystemExit:
-            # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: restore
-            # Ctrl-C and report it as what it was, so the run ends KILLED rather than FAILED.
-            if not trainer.interrupted:
-                raise
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt from None
+        # tracker first: it logs an evaluation before a pruning callback raises
+        trainer = make_trainer(cfg, device, [tracker, *callbacks])
+        run_trainer(trainer, module, train_batches, eval_batches)
 
         epochs = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
         tracker.log_picture(module, "samples/final.png", f"after {epochs}")
@@ -138,6 +101,50 @@ def fit(
             log_weights(run, module, cfg, dataset)
         final = {k: v[-1] for k, v in tracker.history.items()}
         return FitResult(run.run_id, final, dict(tracker.history), tracker.epochs_evaluated)
+
+
+def build_module(cfg: Config, dataset: Dataset, evaluator: Evaluator | None) -> GANModule:
+    """Seeded networks and the LightningModule that trains them."""
+    L.seed_everything(cfg.train.seed, verbose=False)
+    t = cfg.train
+    return GANModule(
+        Generator(**generator_kwargs(cfg.model, dataset)),
+        Discriminator(**discriminator_kwargs(cfg.model, dataset)),
+        loss=t.loss, n_critic=t.n_critic, gp_weight=t.gp_weight, g_lr=t.g_lr, d_lr=t.d_lr,
+        g_betas=t.g_betas, d_betas=t.d_betas, evaluator=evaluator,
+        n_picture=64 if dataset.is_images else cfg.eval.n_samples, seed=t.seed,
+    )
+
+
+def make_trainer(cfg: Config, device: str, callbacks: Sequence[L.Callback]) -> L.Trainer:
+    """Lightning's Trainer as every run uses it: validation = evaluation every N epochs."""
+    return L.Trainer(
+        accelerator="gpu" if device.startswith("cuda") else "cpu",
+        devices=[int(device.split(":")[1])] if device.startswith("cuda:") else 1,
+        max_epochs=cfg.train.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=cfg.train.progress_bar,
+        check_val_every_n_epoch=cfg.eval.every_n_epochs,
+        num_sanity_val_steps=0,
+        deterministic=True,
+        callbacks=list(callbacks),
+    )
+
+
+def run_trainer(trainer: L.Trainer, module: GANModule, train_batches: TensorBatches,
+                eval_batches: TensorBatches) -> None:
+    try:
+        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=eval_batches)
+    except SystemExit:
+        # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: restore
+        # Ctrl-C and report it as what it was, so the run ends KILLED rather than FAILED.
+        if not trainer.interrupted:
+            raise
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
 
 
 def default_device(accelerator: str) -> str:
@@ -192,8 +199,8 @@ def log_weights(run: Any, module: GANModule, cfg: Config, dataset: Dataset) -> N
 # the metrics once per worker, not once per trial. Keys are JSON because the configs hold lists.
 def _data_key(data: DataConfig, seed: int) -> tuple[str, int]:
     # Mixtures are drawn from the seed; image datasets are fixed files.
-    return json.dumps(dataclasses.asdict(data), sort_keys=True), seed if data.name in (
-        "ring8", "grid25") else 0
+    return json.dumps(dataclasses.asdict(data), sort_keys=True), seed if DATASETS[
+        data.name].seeded else 0
 
 
 @lru_cache(maxsize=2)

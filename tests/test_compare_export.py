@@ -21,8 +21,9 @@ from pipeline.compare import DisagreementError, compare, format_rows
 from pipeline.config import ConfigError
 from pipeline.export import ExportError, export_best, load_export
 from pipeline.networks import Generator
-from pipeline.study import SPEC_ATTR, open_storage
-from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
+from pipeline.study.spec import load_study_file
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SPEC_ATTR, open_storage
+from pipeline.study.sweep import run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         for key, value in env.items():
             mp.setenv(key, value)
         mp.chdir(root)
-        run_sweep(SMOKE, n_trials=3, progress=False)
+        run_sweep(load_study_file(SMOKE), n_trials=3, progress=False)
         yield {**env, "root": str(root)}
 
 

@@ -50,20 +50,26 @@ def test_dropout_only_when_asked() -> None:
     assert any(isinstance(m, nn.Dropout) for m in Discriminator(2, [8], dropout=0.3).modules())
 
 
-@pytest.mark.parametrize("kind", ["bce", "hinge", "lsgan", "wgan-gp"])
+@pytest.mark.parametrize("kind", sorted(losses.LOSSES))
 def test_losses_prefer_the_right_side(kind: str) -> None:
-    good_d = losses.d_loss(kind, torch.full((8,), 3.0), torch.full((8,), -3.0))
-    bad_d = losses.d_loss(kind, torch.full((8,), -3.0), torch.full((8,), 3.0))
+    loss = losses.LOSSES[kind]
+    good_d = loss.d_loss(torch.full((8,), 3.0), torch.full((8,), -3.0))
+    bad_d = loss.d_loss(torch.full((8,), -3.0), torch.full((8,), 3.0))
     assert good_d < bad_d
-    assert losses.g_loss(kind, torch.full((8,), 3.0)) < losses.g_loss(kind, torch.full((8,), -3.0))
+    assert loss.g_loss(torch.full((8,), 3.0)) < loss.g_loss(torch.full((8,), -3.0))
 
 
 def test_bce_matches_torch() -> None:
     r, f = torch.randn(16), torch.randn(16)
     bce = nn.functional.binary_cross_entropy_with_logits
     expected = bce(r, torch.ones(16)) + bce(f, torch.zeros(16))
-    assert torch.allclose(losses.d_loss("bce", r, f), expected)
-    assert torch.allclose(losses.g_loss("bce", f), bce(f, torch.ones(16)))
+    assert torch.allclose(losses.LOSSES["bce"].d_loss(r, f), expected)
+    assert torch.allclose(losses.LOSSES["bce"].g_loss(f), bce(f, torch.ones(16)))
+
+
+def test_only_wgan_gp_has_a_penalty() -> None:
+    assert losses.losses_with_penalty() == ["wgan-gp"]
+    assert losses.LOSSES["wgan-gp"].penalty is losses.gradient_penalty
 
 
 def test_gradient_penalty_zero_for_unit_slope() -> None:

@@ -26,7 +26,8 @@ from slow_helpers import (
     no_telemetry,
 )
 
-from pipeline.sweep import run_sweep
+from pipeline.study.spec import load_study_file
+from pipeline.study.sweep import run_sweep
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -59,7 +60,7 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Pat
         mp.delenv("OPTUNA_STORAGE", raising=False)  # as conftest's _isolated does per test
         no_telemetry(mp)
         mp.chdir(root)
-        summary = run_sweep(SMOKE, storage=str(journal), progress=False)
+        summary = run_sweep(load_study_file(SMOKE), storage=str(journal), progress=False)
     return uri, summary.parent_run_id, journal
 
 

@@ -30,8 +30,7 @@ from slow_helpers import (
     wait_until,
 )
 
-from pipeline.study import finished_trials
-from pipeline.sweep import PARENT_ATTR, RUN_ATTR
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, finished_trials
 
 PG_PORT = 5432
 ROLE = "fcgan"  # password = role name

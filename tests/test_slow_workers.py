@@ -12,8 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from slow_helpers import SMOKE, no_telemetry, ran_concurrently
 
-from pipeline.study import finished_trials, open_storage
-from pipeline.sweep import PARENT_ATTR, RUN_ATTR, run_sweep
+from pipeline.study.spec import load_study_file
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, finished_trials, open_storage
+from pipeline.study.sweep import run_sweep
 
 TRIALS = 6
 WORKERS = 2
@@ -40,7 +41,7 @@ def test_two_workers_share_one_journal(tmp_path: Path, store_uri: str,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri)
     no_telemetry(monkeypatch)
 
-    summary = run_sweep(SMOKE, n_trials=TRIALS, workers=WORKERS, storage=journal,
+    summary = run_sweep(load_study_file(SMOKE), n_trials=TRIALS, workers=WORKERS, storage=journal,
                         progress=False)
 
     study = optuna.load_study(study_name="smoke", storage=open_storage(journal))

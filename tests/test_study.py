@@ -12,15 +12,17 @@ from mlflow.tracking import MlflowClient
 from slow_helpers import SMOKE
 
 from pipeline.config import PROJECT_ROOT, ConfigError
-from pipeline.search_space import sample
-from pipeline.study import (
+from pipeline.study import parent_run
+from pipeline.study.space import sample
+from pipeline.study.spec import load_study_file, parse_study
+from pipeline.study.store import (
+    PARENT_ATTR,
+    RUN_ATTR,
     create_or_load,
     finished_trials,
-    load_study_file,
     open_storage,
-    parse_study,
 )
-from pipeline.sweep import PARENT_ATTR, RUN_ATTR, ensure_parent_run, report_to_parent, run_sweep
+from pipeline.study.sweep import run_sweep
 
 SPACE = """
 search_space:
@@ -149,12 +151,26 @@ def study_env(tmp_path: Path, store_uri: str,
     return store_uri, str(tmp_path / "optuna.journal")
 
 
+# A setting that learns within smoke's first epoch (FID 11.4 there) and one that cannot (lr 1e-5,
+# FID 15.4): the median pruner, never pruning the first trial, must prune the second.
+GOOD_THEN_BAD = """
+enqueue:
+  - {model.g_layers: 2, model.g_width: 32, model.activation: leaky_relu, model.leaky_slope: 0.2,
+     train.g_lr: 1.0e-2, train.d_lr: 1.0e-2}
+  - {model.g_layers: 2, model.g_width: 32, model.activation: relu, train.g_lr: 1.0e-5,
+     train.d_lr: 1.0e-5}
+"""
+
+
 def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
     uri, storage = study_env
-    summary = run_sweep(SMOKE, storage=storage, progress=False)
+    defn = parse_study(SMOKE.read_text() + GOOD_THEN_BAD, default_name="smoke")
+    summary = run_sweep(defn, storage=storage, progress=False)
     study = optuna.load_study(study_name="smoke", storage=open_storage(storage))
     assert len(finished_trials(study)) == 4
     assert summary.n_finished == 4
+    states = [t.state for t in study.trials]
+    assert states[:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
 
     client = MlflowClient(tracking_uri=uri)
     parent_id = study.user_attrs[PARENT_ATTR]
@@ -174,8 +190,10 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
         if trial.state == optuna.trial.TrialState.PRUNED:
             assert run.info.status == "KILLED"
             assert run.data.tags["optuna_state"] == "PRUNED"
-            assert "val/fid" in run.data.metrics  # metrics kept
-        elif trial.state == optuna.trial.TrialState.COMPLETE:
+            # metrics kept (the pruner saw them as float32)
+            assert run.data.metrics["val/fid"] == pytest.approx(trial.intermediate_values[0])
+        else:
+            assert trial.state == optuna.trial.TrialState.COMPLETE
             assert run.info.status == "FINISHED"
             assert run.data.metrics["objective"] == pytest.approx(trial.value)
 
@@ -188,7 +206,7 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
     assert "plots/optimization_history.png" in plots
 
     # Resume: the same study, only the missing trials added, the same parent run.
-    run_sweep(SMOKE, n_trials=6, storage=storage, progress=False)
+    run_sweep(defn, n_trials=6, storage=storage, progress=False)
     study = optuna.load_study(study_name="smoke", storage=open_storage(storage))
     assert len(finished_trials(study)) == 6
     assert study.user_attrs[PARENT_ATTR] == parent_id
@@ -202,7 +220,7 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
     # slowly) is skipped: it must not overwrite the final state.
     history = len(client.get_metric_history(parent_id, "best_value"))
     client.log_metric(parent_id, "n_finished", 7, step=7)
-    report_to_parent(study, parent_id, uri)
+    parent_run.report(study, parent_id, uri)
     assert len(client.get_metric_history(parent_id, "best_value")) == history
 
 
@@ -217,11 +235,11 @@ def test_one_parent_run_when_machines_start_a_study_together(study_env: tuple[st
 
     found: list[str] = []
     waiter = threading.Thread(target=lambda: found.append(
-        ensure_parent_run(second, defn, uri, storage, created=False, wait=60)))
+        parent_run.ensure(second, defn, uri, storage, created=False, wait=60)))
     waiter.start()
     time.sleep(1.0)  # the creator is slow to make the run: the other must not make its own
     assert waiter.is_alive()
-    parent_id = ensure_parent_run(first, defn, uri, storage, created=True)
+    parent_id = parent_run.ensure(first, defn, uri, storage, created=True)
     waiter.join(timeout=30)
     assert found == [parent_id]
     parents = MlflowClient(tracking_uri=uri).search_runs(
@@ -233,7 +251,7 @@ def test_one_parent_run_when_machines_start_a_study_together(study_env: tuple[st
     create_or_load(defn, storage)
     orphan, created = create_or_load(defn, storage)
     assert not created
-    made = ensure_parent_run(orphan, defn, uri, storage, created=False, wait=0.5)
+    made = parent_run.ensure(orphan, defn, uri, storage, created=False, wait=0.5)
     assert made != parent_id and orphan.user_attrs[PARENT_ATTR] == made
 
 

@@ -7,33 +7,33 @@ from pipeline.metrics.classifier import (
 )
 from pipeline.metrics.evaluator import Evaluator
 from pipeline.metrics.modes import class_metrics, kl_divergence, mixture_mode_metrics
-from pipeline.metrics.names import (
-    ALL_METRICS,
-    COMMON_METRICS,
-    IMAGE_METRICS,
-    METRICS_BY_KIND,
-    MODE_METRICS,
-    applicable_metrics,
-    resolve_metrics,
-)
 from pipeline.metrics.ndb import NDB
 from pipeline.metrics.prdc import precision_recall_density_coverage
+from pipeline.metrics.registry import (
+    FAMILIES,
+    MAIN_METRICS,
+    METRICS,
+    applicable_metrics,
+    check_settings,
+    resolve_metrics,
+    val_key,
+)
 
 __all__ = [
-    "ALL_METRICS",
     "CLASSIFIER_VERSION",
-    "COMMON_METRICS",
-    "IMAGE_METRICS",
-    "METRICS_BY_KIND",
-    "MODE_METRICS",
+    "FAMILIES",
+    "MAIN_METRICS",
+    "METRICS",
     "NDB",
     "Evaluator",
     "MLPClassifier",
     "applicable_metrics",
+    "check_settings",
     "class_metrics",
     "kl_divergence",
     "load_or_train_classifier",
     "mixture_mode_metrics",
     "precision_recall_density_coverage",
     "resolve_metrics",
+    "val_key",
 ]

@@ -3,52 +3,25 @@
 Feature space: the coordinates themselves for 2-D mixtures; for images, the penultimate layer of
 an MLP classifier trained on the dataset's own labels (see classifier.py). FID and KID here are
 therefore *not* Inception scores: ``feature_name`` says which space was used, for the run's tags.
+Which metrics exist, and how each is computed, is the registry's business (registry.py).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
+from pipeline.metrics import registry
 from pipeline.metrics.classifier import CLASSIFIER_VERSION, load_or_train_classifier
-from pipeline.metrics.features import ClassifierFeatures, PrecomputedFeatures
-from pipeline.metrics.modes import class_metrics, mixture_mode_metrics
-from pipeline.metrics.names import MODE_METRICS, resolve_metrics
-from pipeline.metrics.ndb import NDB
-from pipeline.metrics.prdc import PRDC
+from pipeline.metrics.features import ClassifierFeatures
+from pipeline.metrics.registry import MIN_SAMPLES, Fakes, Reference, Scorer, check_settings
 
-if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.config
+if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.data
     from pipeline.data import Dataset
-
-PRDC_METRICS = ("precision", "recall", "density", "coverage")
-KID_SUBSET_SIZE = 1000
-# Half torchmetrics' default of 100: each subset costs three 1000 x 1000 kernel matrices (~12 ms
-# on 2 idle cores, ~90 ms on busy ones), and an average of subsets that all come from the same
-# 2,500 real rows gains little from more draws: the finite real sample bounds its variance.
-KID_SUBSETS = 50
-NDB_BINS = 100
-
-
-def check_settings(
-    dataset: Dataset, n_samples: int, metrics: Sequence[str] | None
-) -> tuple[str, ...]:
-    """The metrics to compute for this dataset; ValueError for settings that cannot work."""
-    resolved = resolve_metrics(dataset.kind, metrics, has_centres=dataset.centres is not None)
-    if n_samples < 10:
-        raise ValueError(f"n_samples={n_samples}: need at least 10 samples for k-NN metrics")
-    if n_samples < 2 * NDB_BINS and "ndb_fraction" in resolved:
-        raise ValueError(
-            f"n_samples={n_samples} is too few to fill {NDB_BINS} NDB bins: use at least "
-            f"{2 * NDB_BINS} or leave ndb_fraction out of the metrics"
-        )
-    return resolved
 
 
 class Evaluator:
@@ -77,7 +50,6 @@ class Evaluator:
         self.dataset = dataset
         self.dim = dataset.dim
         self.n_samples = min(n_samples, len(dataset.train))
-        self.seed = seed
         self.device = torch.device(device)
         self.classifier_accuracy: float | None = None
         self._embedder: ClassifierFeatures | None = None
@@ -91,36 +63,12 @@ class Evaluator:
             self.feature_name = "coordinates"
 
         real_feats, _ = self._embed(dataset.train)
-        num_features = real_feats.shape[1]
         pick = torch.randperm(len(real_feats), generator=torch.Generator().manual_seed(seed))
-        self._real_subset = real_feats[pick[: self.n_samples].to(self.device)]
-
-        self._fid: FrechetInceptionDistance | None = None
-        if "fid" in self.metrics:
-            self._fid = FrechetInceptionDistance(
-                feature=PrecomputedFeatures(num_features), reset_real_features=False
-            ).to(self.device)
-            # float64: FID subtracts large second moments, and the real side is fed only once.
-            self._fid.update(real_feats.double(), real=True)
-        self._kid: KernelInceptionDistance | None = None
-        if "kid" in self.metrics:
-            with warnings.catch_warnings():
-                # It warns that it buffers all features: it gets n_samples real rows, by design.
-                warnings.simplefilter("ignore", UserWarning)
-                self._kid = KernelInceptionDistance(
-                    feature=PrecomputedFeatures(num_features),
-                    subsets=KID_SUBSETS,
-                    subset_size=min(KID_SUBSET_SIZE, self.n_samples),
-                    reset_real_features=False,
-                ).to(self.device)
-            self._kid.update(self._real_subset, real=True)
-        self._ndb = NDB(real_feats, NDB_BINS, seed=seed) if "ndb_fraction" in self.metrics else None
-        self._prdc = PRDC(self._real_subset) if set(self.metrics) & set(PRDC_METRICS) else None
-        self._real_class_probs: Tensor | None = None
-        if dataset.is_images and set(self.metrics) & {"classes_covered", "class_kl"}:
-            assert dataset.train_labels is not None and dataset.num_classes is not None
-            counts = torch.bincount(dataset.train_labels, minlength=dataset.num_classes)
-            self._real_class_probs = counts.double() / counts.sum()
+        subset = real_feats[pick[: self.n_samples].to(self.device)]
+        reference = Reference(dataset, real_feats, subset, seed)
+        wanted = set(self.metrics)
+        self._scorers: list[Scorer] = [family.prepare(reference) for family in registry.FAMILIES
+                                       if wanted & set(family.names)]
 
     @torch.no_grad()
     def _embed(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -137,42 +85,14 @@ class Evaluator:
             raise ValueError(
                 f"expected fake samples of shape (N, {self.dim}), got {tuple(fake.shape)}"
             )
-        if len(fake) < 10:
-            raise ValueError(f"need at least 10 fake samples, got {len(fake)}")
+        if len(fake) < MIN_SAMPLES:
+            raise ValueError(f"need at least {MIN_SAMPLES} fake samples, got {len(fake)}")
         if not torch.isfinite(fake).all():
             raise ValueError("fake samples contain NaN or infinite values")
         feats, logits = self._embed(fake)
         head = slice(0, self.n_samples)
-        wanted = set(self.metrics)
+        fakes = Fakes(feats, feats[head], None if logits is None else logits[head])
         out: dict[str, float] = {}
-
-        if self._fid is not None:
-            self._fid.reset()  # drops the fake side only (reset_real_features=False)
-            self._fid.update(feats.double(), real=False)
-            out["fid"] = float(self._fid.compute())
-        if self._kid is not None:
-            self._kid.reset()
-            self._kid.update(feats, real=False)
-            self._kid.subset_size = min(KID_SUBSET_SIZE, len(self._real_subset), len(feats))
-            # KID draws its subsets from the global RNG: seed it locally so that identical samples
-            # score identically, without disturbing the caller's random stream.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                kid_mean, _ = self._kid.compute()
-            out["kid"] = float(kid_mean)
-        if self._prdc is not None:
-            prdc = self._prdc.score(feats[head])
-            out.update({k: v for k, v in prdc.items() if k in wanted})
-        if wanted & set(MODE_METRICS):
-            assert self.dataset.centres is not None and self.dataset.std is not None
-            modes = mixture_mode_metrics(feats[head], self.dataset.centres, self.dataset.std)
-            out.update({k: v for k, v in modes.items() if k in wanted})
-        if self._real_class_probs is not None and logits is not None:
-            assert self.dataset.num_classes is not None
-            classes = class_metrics(
-                logits[head].argmax(dim=1), self._real_class_probs, self.dataset.num_classes
-            )
-            out.update({k: v for k, v in classes.items() if k in wanted})
-        if self._ndb is not None:
-            out["ndb_fraction"] = self._ndb.score(feats[head])
+        for score in self._scorers:
+            out.update(score(fakes))
         return {name: out[name] for name in self.metrics}

@@ -8,20 +8,22 @@ Keys are the dotted config keys (``train.g_lr``), plus a few that expand into li
 - ``train.beta1`` / ``train.beta2`` (both optimizers) or ``train.g_beta1``, ``train.d_beta2``, ...
 
 Conditional parameters: ``when: {key: value or [values]}`` samples a parameter only when the
-(sampled or fixed) config has that value. ``model.leaky_slope`` is only sampled for leaky_relu
-and ``train.gp_weight`` only for wgan-gp, without saying so.
+(sampled or fixed) config has that value. ``model.leaky_slope`` is only sampled for an activation
+that uses it and ``train.gp_weight`` only for a loss with a penalty (wgan-gp), without saying so.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
 from pipeline.config import ConfigError, build_dataclass, coerce, config_from_dict
+from pipeline.losses import LOSSES
+from pipeline.networks import ACTIVATIONS
 
 LAYER_KEYS = {  # count key -> (width key, config list key)
     "model.g_layers": ("model.g_width", "model.g_hidden"),
@@ -36,9 +38,11 @@ BETA_KEYS = {  # pseudo key -> the (list key, index) pairs it sets
     "train.d_beta1": [("train.d_betas", 0)],
     "train.d_beta2": [("train.d_betas", 1)],
 }
-IMPLICIT_WHEN = {
-    "model.leaky_slope": {"model.activation": "leaky_relu"},
-    "train.gp_weight": {"train.loss": "wgan-gp"},
+# Keys that only matter for some values of others: predicates on the flat config, read from the
+# registries (which activations use a slope, which losses have a penalty).
+IMPLICIT_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "model.leaky_slope": lambda flat: ACTIVATIONS[flat["model.activation"]].uses_slope,
+    "train.gp_weight": lambda flat: LOSSES[flat["train.loss"]].penalty is not None,
 }
 TYPES = ("float", "int", "categorical")
 
@@ -140,8 +144,9 @@ def sample(
                 sampled[f"{key}_{i}"] = suggest(trial, f"{key}_{i}", spec)
             continue
         current = config_from_dict(apply(sampled, base)).flat()
-        conditions = {**IMPLICIT_WHEN.get(key, {}), **(spec.when or {})}
-        if all(_matches(current[k], v) for k, v in conditions.items()):
+        implicit = IMPLICIT_WHEN.get(key)
+        if (implicit is None or implicit(current)) and all(
+                _matches(current[k], v) for k, v in (spec.when or {}).items()):
             sampled[key] = suggest(trial, key, spec)
     return apply(sampled, base), sampled
 

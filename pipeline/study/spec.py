@@ -1,0 +1,165 @@
+"""The study file: what a study searches and how, validated before any trial runs.
+
+A study file (``studies/<name>.yaml``) holds the base config, the search space, the objective,
+the budget, the sampler and the pruner. The study's name is the file's stem unless the file names
+one. Parsed once per command into a ``StudyDefinition``, which every worker receives as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from pipeline.config import (
+    PROJECT_ROOT,
+    Config,
+    ConfigError,
+    build_dataclass,
+    check_choice,
+    load_config,
+    parse_yaml,
+    read_yaml,
+)
+from pipeline.data import DATASETS
+from pipeline.metrics.registry import objective_keys
+from pipeline.study.space import ParamSpec, fixed_params, parse_space
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+PRUNERS = ("median", "hyperband", "none")
+DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass
+class ObjectiveSpec:
+    metric: str = "val/fid"
+    direction: str = "minimize"
+    # One evaluation is noisy (grid25's high_quality swings 0.05-0.13 between epochs); the mean
+    # of the last few ranks trials better.
+    last_k: int = 3
+
+
+@dataclass
+class BudgetSpec:
+    n_trials: int = 20
+    timeout: float | None = None  # seconds, per invocation
+    epochs: int | None = None  # epochs per trial; overrides train.epochs of the base
+
+
+@dataclass
+class SamplerSpec:
+    name: str = "tpe"
+    seed: int | None = 0
+    n_startup_trials: int = 10  # tpe/gp: random trials before the model kicks in
+
+    def build(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+        """Workers and resumed runs get distinct seeds, or they would repeat each other."""
+        seed = None if self.seed is None else self.seed + seed_offset
+        if self.name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if self.name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        if self.name == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+
+
+@dataclass
+class PrunerSpec:
+    name: str = "median"
+    n_startup_trials: int = 5  # median: trials that are never pruned
+    n_warmup_steps: int = 3  # median: epochs before a trial can be pruned
+    interval_steps: int = 1
+    min_resource: int = 2  # hyperband: epochs of the first rung
+    reduction_factor: int = 3  # hyperband
+
+    def build(self) -> optuna.pruners.BasePruner:
+        if self.name == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=self.min_resource,
+                                                  reduction_factor=self.reduction_factor)
+        if self.name == "none":
+            return optuna.pruners.NopPruner()
+        return optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
+                                           n_warmup_steps=self.n_warmup_steps,
+                                           interval_steps=self.interval_steps)
+
+
+@dataclass
+class StudySpec:
+    search_space: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    description: str = ""
+    config: str | None = None  # a base config file (relative to the project root)
+    base: dict[str, Any] = field(default_factory=dict)  # config overrides, nested like the YAML
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    sampler: SamplerSpec = field(default_factory=SamplerSpec)
+    pruner: PrunerSpec = field(default_factory=PrunerSpec)
+    # Trials to run first (Optuna's enqueue_trial), e.g. a known-good setting, so the search
+    # starts from it: {search_space key: value}; keys left out are sampled.
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class StudyDefinition:
+    name: str
+    spec: StudySpec
+    base: Config  # the resolved base config every trial starts from
+    space: dict[str, ParamSpec]
+    text: str  # the study file as written
+    enqueue: list[dict[str, Any]] = field(default_factory=list)  # as Optuna parameter names
+
+
+def load_study_file(path: str | Path) -> StudyDefinition:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such study file (see studies/ for the shipped ones)")
+    return parse_study(path.read_text(), default_name=path.stem, source=str(path))
+
+
+def parse_study(text: str, *, default_name: str, source: str = "study") -> StudyDefinition:
+    raw = parse_yaml(text, source) if text.strip() else None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with at least search_space")
+    spec: StudySpec = build_dataclass(StudySpec, raw, prefix="")
+    _check_spec(spec)
+    config_file = None
+    if spec.config:
+        config_file = Path(spec.config)
+        if not config_file.is_absolute():
+            config_file = PROJECT_ROOT / config_file
+        read_yaml(config_file)  # a clear error if it is missing
+    base_extra = dict(spec.base)
+    if spec.budget.epochs is not None:
+        base_extra = {**base_extra, "train": {**base_extra.get("train", {}),
+                                              "epochs": spec.budget.epochs}}
+    base = load_config(config_file, extra=base_extra)
+    space = parse_space(spec.search_space, base.to_dict())
+    _check_objective(spec.objective, base)
+    enqueue = [fixed_params(params, space, base.to_dict(), where=f"enqueue[{i}]")
+               for i, params in enumerate(spec.enqueue)]
+    return StudyDefinition(spec.name or default_name, spec, base, space, text, enqueue)
+
+
+def _check_spec(spec: StudySpec) -> None:
+    check_choice("objective.direction", spec.objective.direction, DIRECTIONS)
+    check_choice("sampler.name", spec.sampler.name, SAMPLERS)
+    check_choice("pruner.name", spec.pruner.name, PRUNERS)
+    for key, value in (("budget.n_trials", spec.budget.n_trials),
+                       ("objective.last_k", spec.objective.last_k),
+                       ("pruner.reduction_factor", spec.pruner.reduction_factor - 1),
+                       ("pruner.min_resource", spec.pruner.min_resource),
+                       ("pruner.interval_steps", spec.pruner.interval_steps)):
+        if value <= 0:
+            raise ConfigError(f"{key}: got {value}, expected a larger positive number")
+    if spec.budget.timeout is not None and spec.budget.timeout <= 0:
+        raise ConfigError(f"budget.timeout: got {spec.budget.timeout}, expected seconds > 0")
+    if spec.name is not None and not spec.name.strip():
+        raise ConfigError("name: got '', expected a study name")
+
+
+def _check_objective(objective: ObjectiveSpec, base: Config) -> None:
+    allowed = objective_keys(DATASETS[base.data.name], base.eval.metrics)
+    check_choice("objective.metric", objective.metric, allowed)
