@@ -75,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:  # ExportError is a ConfigError too
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from pipeline.study.sweep import SweepError
+
+        if not isinstance(exc, SweepError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -21,9 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import optuna
+from matplotlib.figure import Figure
 
 from pipeline.metrics.registry import MAIN_METRICS, val_key
-from pipeline.plots import figure_png
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study
 from pipeline.tracking import RunLogger, get_client, tracking_uri
 
@@ -98,7 +98,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> bytes:
+def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> Figure:
     """Top row: each trial's final samples with its scores; bottom: objective per epoch."""
     client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
     metric = defn.spec.objective.metric
@@ -129,19 +129,20 @@ def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> 
     curves.legend(fontsize=7)
     curves.grid(alpha=0.3)
     fig.suptitle(f"study {defn.name}: top {len(rows)} by {defn.spec.objective.direction} {metric}")
-    return figure_png(fig)
+    return fig
 
 
 def compare(study_name: str, *, top: int = 5, fmt: str = "table", storage: str | None = None,
             figure_path: str | Path | None = None) -> tuple[str, Path]:
     study, defn = find_study(study_name, storage)
     rows = top_trials(study, defn, top)
-    png = comparison_figure(rows, defn)
+    fig = comparison_figure(rows, defn)
     path = Path(figure_path) if figure_path else Path("runs") / "compare" / f"{study_name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent:
         client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
-        RunLogger(client, parent).log_bytes(png, "comparison/top_trials.png")
+        RunLogger(client, parent).log_figure(fig, "comparison/top_trials.png")
+    plt.close(fig)
     return format_rows(rows, fmt), path

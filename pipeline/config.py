@@ -55,7 +55,8 @@ class ModelConfig:
     latent_dim: int = 2
     g_hidden: list[int] = field(default_factory=lambda: [128, 128, 128])
     d_hidden: list[int] = field(default_factory=lambda: [128, 128, 128])
-    activation: str = "relu"
+    activation: str = "relu"  # G's, and D's unless d_activation is set
+    d_activation: str | None = None  # D's own (G ReLU + D LeakyReLU is what covers grid25)
     leaky_slope: float = 0.2  # only used by leaky_relu
     g_norm: str = "none"
     d_norm: str = "none"
@@ -74,6 +75,8 @@ class ModelConfig:
             for w in widths:
                 _positive(f"model.{key}", w)
         check_choice("model.activation", self.activation, ACTIVATIONS)
+        if self.d_activation is not None:
+            check_choice("model.d_activation", self.d_activation, ACTIVATIONS)
         _positive("model.leaky_slope", self.leaky_slope)
         check_choice("model.g_norm", self.g_norm, NORMS)
         check_choice("model.d_norm", self.d_norm, NORMS)
@@ -97,6 +100,8 @@ class TrainConfig:
     d_lr: float = 5e-4
     g_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     d_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    ema_decay: float = 0.0  # EMA of G's weights, evaluated and exported; 0 = off (e.g. 0.999)
+    lr_decay_start: float = 1.0  # fraction of training after which both lrs decay linearly to 0
     log_every_n_steps: int = 50  # training losses are averaged over this many steps
     sample_every_n_epochs: int = 5  # sample pictures; one is always made at the end
     accelerator: str = "auto"
@@ -117,6 +122,10 @@ class TrainConfig:
             betas = getattr(self, key)
             if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
                 raise ConfigError(f"train.{key}: got {betas!r}, expected two numbers in [0, 1)")
+        _fraction("train.ema_decay", self.ema_decay)
+        if not 0.0 <= self.lr_decay_start <= 1.0:
+            raise ConfigError(
+                f"train.lr_decay_start: got {self.lr_decay_start!r}, expected a number in [0, 1]")
         _positive("train.log_every_n_steps", self.log_every_n_steps)
         _positive("train.sample_every_n_epochs", self.sample_every_n_epochs)
         check_choice("train.accelerator", self.accelerator, ACCELERATORS)

@@ -250,12 +250,28 @@ DATASETS: dict[str, DatasetInfo] = {
 # --- batches -------------------------------------------------------------------------------------
 
 
+class _Epoch:
+    """The epoch number that seeds a permutation. Lightning calls ``set_epoch`` on a loader's
+    ``sampler`` at the start of every epoch (as for a DistributedSampler), also after resuming
+    from a checkpoint, so an epoch's order depends on its number alone."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.value = epoch
+
+
 class TensorBatches:
     """Batches sliced from a tensor held in memory (on the training device).
 
-    A fresh permutation per epoch, drawn from ``seed + epoch`` so that a run is reproducible and
+    A fresh permutation per epoch, drawn from ``seed + epoch``, so that a run is reproducible and
     the order does not depend on how many batches an earlier epoch consumed. Much faster than a
     DataLoader collating rows one by one for samples this small.
+
+    With ``chunk`` set, each item is a (k, batch, D) stack of k <= chunk consecutive batches
+    gathered in one indexing operation: a training step of the module runs k GAN steps on it.
+    ``steps`` always counts batches (GAN steps), ``len()`` the items yielded per epoch.
     """
 
     def __init__(
@@ -267,6 +283,7 @@ class TensorBatches:
         seed: int = 0,
         steps: int | None = None,
         drop_last: bool = True,
+        chunk: int | None = None,
     ) -> None:
         self.data = data
         self.batch_size = min(batch_size, len(data))
@@ -275,14 +292,35 @@ class TensorBatches:
         self.drop_last = drop_last
         full = len(data) // self.batch_size if drop_last else math.ceil(len(data) / self.batch_size)
         self.steps = steps if steps is not None else full
-        self.epoch = 0
+        if chunk is not None and not drop_last:
+            raise ValueError("chunks stack full batches: chunk needs drop_last=True")
+        self.chunk = chunk
+        self.sampler = _Epoch()
+        self.batch_sampler = None  # read by Lightning beside `sampler`, as on a DataLoader
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps if self.chunk is None else math.ceil(self.steps / self.chunk)
 
     def __iter__(self) -> Iterator[Tensor]:
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
+        gen = torch.Generator().manual_seed(self.seed + self.sampler.value)
+        self.sampler.value += 1  # used alone (no Lightning), the next pass is the next epoch
+        if self.chunk is None:
+            yield from self._batches(gen)
+            return
+        pending: list[Tensor] = []
+        for idx in self._indices(gen):
+            pending.append(idx)
+            if len(pending) == self.chunk:
+                yield self.data[torch.stack(pending)]  # one gather for k batches
+                pending = []
+        if pending:
+            yield self.data[torch.stack(pending)]
+
+    def _batches(self, gen: torch.Generator) -> Iterator[Tensor]:
+        for idx in self._indices(gen):
+            yield self.data[idx]
+
+    def _indices(self, gen: torch.Generator) -> Iterator[Tensor]:
         n = len(self.data)
         taken = 0
         while taken < self.steps:
@@ -292,7 +330,7 @@ class TensorBatches:
                 idx = order[start : start + self.batch_size]
                 if self.drop_last and len(idx) < self.batch_size:
                     break
-                yield self.data[idx]
+                yield idx
                 taken += 1
                 if taken == self.steps:
                     return

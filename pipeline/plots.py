@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 
 def samples_png(
@@ -66,6 +67,15 @@ def image_grid(samples: np.ndarray, image_shape: tuple[int, int], pad: int = 1) 
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h,
              pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return grid
+
+
+def figure_image(fig: Figure) -> Image.Image:
+    """The figure rendered by Agg, as the PIL image MLflow's log_image takes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
 
 def figure_png(fig: Figure, dpi: int = 100) -> bytes:

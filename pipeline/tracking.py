@@ -1,30 +1,35 @@
 """MLflow: where the store is, one run's lifecycle, and batched logging.
 
 Everything goes through ``MlflowClient`` with an explicit tracking URI (no global ``mlflow``
-state), so several studies or tests in one process cannot write into each other's stores.
+state), so several studies or tests in one process cannot write into each other's stores. Runs
+start the way ``mlflow.start_run`` starts them: MLflow's own context providers fill in the user,
+the source and the git commit.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
-import subprocess
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline import __version__
-from pipeline.config import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_STORE_DIR = Path("runs")
-BATCH_LIMIT = 100  # MLflow accepts at most 100 params (and 1,000 metrics) per log_batch
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -44,14 +49,35 @@ def artifact_location(uri: str) -> str | None:
     if uri.startswith(("http://", "https://", "databricks")):
         return None
     if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+        return (sqlite_path(uri).parent / "artifacts").resolve().as_uri()
     if uri.startswith("file:") or "://" not in uri:
         return None  # a file store keeps artifacts inside itself
     return (DEFAULT_STORE_DIR / "artifacts").resolve().as_uri()
 
 
+def sqlite_path(uri: str) -> Path:
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+_opened: set[str] = set()
+
+
 def get_client(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri)
+    """A client on ``uri``. The first one in a process creates (or migrates) a SQLite store's
+    schema under a file lock: two processes creating one fresh store at once otherwise race in
+    MLflow's migrations and can leave it unusable."""
+    if uri in _opened or not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    path = sqlite_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)  # creates the schema, once, under the lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _opened.add(uri)
+    return client
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -68,61 +94,89 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return str(found.experiment_id)
 
 
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s/]+@")
+_QUERY_SECRET = re.compile(r"((?:^|[?&;\s])(?:password|passwd|pwd|secret|token|api_key)=)[^&;\s]*",
+                           re.IGNORECASE)
+
+
 def mask_secrets(value: Any) -> Any:
-    """Hide passwords in URIs (``postgresql://user:secret@host``) before they become params."""
+    """Hide passwords in URLs before they are logged or printed: ``user:secret@host``,
+    ``:secret@host`` and query parameters such as ``?password=secret``."""
     if isinstance(value, str):
-        return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", value)
+        return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", value))
     return value
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-            timeout=5, check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class RunLogger:
-    """One open MLflow run: batched params, metrics, tags and artifacts."""
+    """One open MLflow run: batched params, metrics and tags; figures and text as artifacts."""
 
     def __init__(self, client: MlflowClient, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(mask_secrets(v))[:6000]) for k, v in params.items()]
-        for start in range(0, len(items), BATCH_LIMIT):
-            self.client.log_batch(self.run_id, params=items[start : start + BATCH_LIMIT])
+        items = [Param(k, str(mask_secrets(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        self.client.log_batch(self.run_id, params=items)  # MLflow splits large batches itself
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if not metrics:
-            return
-        now = _now_ms()
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        now = now_ms()
+        self.log_metric_points([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_metric_points(self, points: Sequence[Metric]) -> None:
+        if points:
+            self.client.log_batch(self.run_id, metrics=list(points))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if tags:
-            items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+            items = [RunTag(k, str(mask_secrets(v))[:5000]) for k, v in tags.items()]
             self.client.log_batch(self.run_id, tags=items)
 
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+    def log_figure(self, fig: Figure, artifact_file: str) -> None:
+        import matplotlib.pyplot as plt
 
-    def log_bytes(self, data: bytes, artifact_file: str) -> None:
-        """Write ``data`` to ``artifact_file`` (e.g. 'samples/epoch_005.png') in the run."""
-        folder, _, name = artifact_file.rpartition("/")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_bytes(data)
-            self.client.log_artifact(self.run_id, str(path), folder or None)
+        self.client.log_figure(self.run_id, fig, artifact_file)
+        plt.close(fig)
+
+    def log_image(self, fig: Figure, key: str, step: int) -> None:
+        """A step-indexed image: the MLflow UI shows a slider over the steps of ``key``."""
+        import matplotlib.pyplot as plt
+
+        from pipeline.plots import figure_image
+
+        self.client.log_image(self.run_id, figure_image(fig), key=key, step=step)
+        plt.close(fig)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
 
     def log_dir(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How a run ends when an exception of some type leaves it."""
+
+    status: str  # FINISHED, KILLED or FAILED
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+def start_run(client: MlflowClient, experiment: str, *, run_name: str | None = None,
+              parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> str:
+    """Create a run as ``mlflow.start_run`` would (user, source, git commit from MLflow's
+    context providers) without touching MLflow's global active-run state."""
+    all_tags = {"package_version": __version__, **(tags or {})}
+    if run_name:
+        all_tags[MLFLOW_RUN_NAME] = run_name
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    resolved = resolve_tags({k: str(mask_secrets(v)) for k, v in all_tags.items()})
+    run = client.create_run(experiment_id(client, experiment), tags=resolved, run_name=run_name)
+    return str(run.info.run_id)
 
 
 @contextmanager
@@ -133,47 +187,41 @@ def mlflow_run(
     run_name: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
-    killed_by: Mapping[type[BaseException], Mapping[str, str]] | None = None,
+    ended_by: Mapping[type[BaseException], Ending] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[RunLogger]:
-    """Open a run and always close it with the right status.
+    """Open a run (or reopen ``run_id`` to continue it) and always close it with a status.
 
-    Normal exit -> FINISHED. An exception whose type is in ``killed_by`` (Ctrl-C always is; a
-    study adds Optuna's TrialPruned with tag optuna_state=PRUNED) -> KILLED with those tags. Any
-    other exception -> FAILED with the error in tag ``error``. The exception propagates.
+    Normal exit -> FINISHED. An exception whose type is in ``ended_by`` ends the run as that
+    entry says (a study ends a pruned trial FINISHED with tag optuna_state=PRUNED); Ctrl-C and
+    SIGTERM -> KILLED; any other exception -> FAILED with the error in tag ``error``. The
+    exception propagates.
     """
     client = get_client(uri)
-    all_tags = {"package_version": __version__, "git_commit": git_commit(), **(tags or {})}
-    if run_name:
-        all_tags[MLFLOW_RUN_NAME] = run_name
-    if parent_run_id:
-        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run = client.create_run(
-        experiment_id(client, experiment), tags={k: str(v) for k, v in all_tags.items()},
-        run_name=run_name,
-    )
-    logger = RunLogger(client, run.info.run_id)
-    killed: dict[type[BaseException], Mapping[str, str]] = {KeyboardInterrupt: {}}
-    killed.update(killed_by or {})
+    if run_id is None:
+        run_id = start_run(client, experiment, run_name=run_name, parent_run_id=parent_run_id,
+                           tags=tags)
+    else:
+        client.update_run(run_id, status="RUNNING")
+    logger = RunLogger(client, run_id)
+    endings: dict[type[BaseException], Ending] = {KeyboardInterrupt: Ending("KILLED")}
+    endings.update(ended_by or {})
     try:
         yield logger
     except BaseException as exc:
-        for exc_type, extra_tags in killed.items():
+        for exc_type, ending in endings.items():
             if isinstance(exc, exc_type):
-                _close(logger, "KILLED", dict(extra_tags))
+                close_run(logger, ending.status, dict(ending.tags))
                 break
         else:
-            _close(logger, "FAILED", {"error": f"{type(exc).__name__}: {exc}"})
+            close_run(logger, "FAILED", {"error": f"{type(exc).__name__}: {exc}"})
         raise
     else:
         client.set_terminated(logger.run_id, "FINISHED")
 
 
-def _close(logger: RunLogger, status: str, tags: dict[str, str]) -> None:
+def close_run(logger: RunLogger, status: str, tags: dict[str, str]) -> None:
     try:
         logger.set_tags(tags)
     finally:
         logger.client.set_terminated(logger.run_id, status)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

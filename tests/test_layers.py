@@ -18,11 +18,11 @@ FLOORS: list[list[str]] = [
     ["pipeline.study"],  # one room: space < spec < store < objective, parent_run < sweep
     ["pipeline.evaluate", "pipeline.train"],
     ["pipeline.callbacks"],
-    ["pipeline.module", "pipeline.tracking", "pipeline.plots", "pipeline.checkpoint"],
+    ["pipeline.module", "pipeline.tracking"],
     ["pipeline.config"],
-    # the registries: what config validates against
+    # the registries (what config validates against) and leaf utilities
     ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.metrics",
-     "pipeline.logs", "pipeline"],
+     "pipeline.plots", "pipeline.logs", "pipeline"],
 ]
 STUDY_ORDER = ["space", "spec", "store", "objective", "parent_run", "sweep"]
 

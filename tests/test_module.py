@@ -1,4 +1,4 @@
-"""GANModule on its own: what one training step does under manual optimization."""
+"""GANModule on its own: what its training steps do under manual optimization."""
 
 from __future__ import annotations
 
@@ -6,25 +6,73 @@ import pytest
 import torch
 
 from pipeline.data import TensorBatches
+from pipeline.module import GANModule
 from pipeline.train import build_module, cached_dataset, make_trainer
 
 
-@pytest.mark.parametrize("n_critic", [1, 2])
-def test_optimizer_steps_per_batch(tiny_config, n_critic: int) -> None:
-    """Each batch is one D step, plus one G step every n_critic batches; Lightning counts both
-    optimizers' steps in global_step (so 2 per batch when n_critic = 1)."""
-    cfg = tiny_config(f"train.n_critic={n_critic}", "train.epochs=2",
-                      "train.steps_per_epoch=6")
+def train(cfg, *, chunk: int, steps: int = 6) -> GANModule:
     dataset = cached_dataset(cfg.data, cfg.train.seed)
-    module = build_module(cfg, dataset, evaluator=None)
+    module = build_module(cfg, dataset, evaluator=None, steps_per_epoch=steps)
     trainer = make_trainer(cfg, "cpu", callbacks=[])
-    batches = TensorBatches(dataset.train, cfg.train.batch_size, steps=6)
+    batches = TensorBatches(dataset.train, cfg.train.batch_size, steps=steps, chunk=chunk)
     trainer.fit(module, train_dataloaders=batches)
+    module.trainer_global_step = trainer.global_step  # type: ignore[attr-defined]
+    return module
+
+
+@pytest.mark.parametrize("n_critic", [1, 2])
+def test_optimizer_steps(tiny_config, n_critic: int) -> None:
+    """Every GAN step is one D step, plus one G step every n_critic D steps; Lightning counts
+    both optimizers' steps in global_step (2 per GAN step when n_critic = 1), also when a batch
+    is a chunk of 4 steps (6 steps an epoch: chunks of 4 and 2)."""
+    module = train(tiny_config(f"train.n_critic={n_critic}", "train.epochs=2"), chunk=4)
     d_steps, g_steps = 12, 12 // n_critic
-    assert trainer.global_step == d_steps + g_steps
+    assert module.steps == d_steps and module.g_steps == g_steps
+    assert module.trainer_global_step == d_steps + g_steps  # type: ignore[attr-defined]
     opt_g, opt_d = (opt.optimizer for opt in module.optimizers())  # type: ignore[union-attr]
     assert _adam_steps(opt_d) == d_steps
     assert _adam_steps(opt_g) == g_steps
+
+
+def test_results_do_not_depend_on_the_chunk_size(tiny_config) -> None:
+    cfg = tiny_config("train.epochs=2", "train.n_critic=2", "train.log_every_n_steps=5",
+                      "train.ema_decay=0.9", "train.lr_decay_start=0.5")
+    one, five = train(cfg, chunk=1), train(cfg, chunk=5)
+    for a, b in zip(one.state_dict().values(), five.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # The same averaged losses at the same steps: every 5 steps, then the last partial one.
+    one.close_last_interval()
+    five.close_last_interval()
+    assert [s for s, _ in one.pending_logs] == [s for s, _ in five.pending_logs] == [5, 10, 12]
+    for (_, a), (_, b) in zip(one.pending_logs, five.pending_logs, strict=True):
+        assert a.keys() == b.keys() == {"train/d_loss", "train/d_real", "train/d_fake",
+                                        "train/g_loss"}
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_learning_rates_decay_linearly_to_zero(tiny_config) -> None:
+    """lr_decay_start 0.5 over 12 steps: full rate for 6 steps, then down by a sixth a step."""
+    module = train(tiny_config("train.epochs=2", "train.lr_decay_start=0.5", "train.g_lr=6e-3",
+                               "train.d_lr=3e-3"), chunk=4)
+    assert [module._lr_factor(step) for step in (0, 6, 7, 9, 12)] == [1, 1, 5 / 6, 0.5, 0]
+    opt_g, opt_d = (opt.optimizer for opt in module.optimizers())  # type: ignore[union-attr]
+    assert opt_g.param_groups[0]["lr"] == opt_d.param_groups[0]["lr"] == 0.0
+
+
+def test_ema_generator_is_the_one_evaluated(tiny_config) -> None:
+    plain = train(tiny_config("train.epochs=2"), chunk=4)
+    assert plain.sampler is plain.generator and plain.g_ema is None
+    # A decay near 0 follows G exactly; 0.99 over 12 steps stays near the early weights.
+    follows = train(tiny_config("train.epochs=2", "train.ema_decay=1e-12"), chunk=4)
+    assert follows.sampler is not follows.generator
+    for a, b in zip(follows.sampler.parameters(), follows.generator.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    lags = train(tiny_config("train.epochs=2", "train.ema_decay=0.99"), chunk=4)
+    gap = max(float((a - b).abs().max()) for a, b in zip(
+        lags.sampler.parameters(), lags.generator.parameters(), strict=True))
+    assert gap > 1e-4
+    z = lags.fixed_z[:8]
+    torch.testing.assert_close(lags(z), lags.sampler(z))
 
 
 def _adam_steps(opt: torch.optim.Optimizer) -> int:

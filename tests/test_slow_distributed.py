@@ -177,7 +177,7 @@ def test_postgres_storage_and_mlflow_server(databases: tuple[str, str], mlflow_s
         for key, value in trial.params.items():
             assert run.data.params[f"sampled.{key}"] == str(value)
         if trial.state == optuna.trial.TrialState.PRUNED:
-            assert run.info.status == "KILLED"
+            assert run.info.status == "FINISHED"
             assert run.data.tags["optuna_state"] == "PRUNED"
         else:
             assert run.info.status == "FINISHED"

@@ -86,7 +86,7 @@ def test_two_workers_share_one_journal(tmp_path: Path, store_uri: str,
         assert run.data.tags["optuna_trial"] == str(trial.number)
         assert run.info.run_name.startswith(f"trial-{trial.number:03d} ")
         if trial.state == optuna.trial.TrialState.PRUNED:
-            assert (run.info.status, run.data.tags.get("optuna_state")) == ("KILLED", "PRUNED")
+            assert (run.info.status, run.data.tags.get("optuna_state")) == ("FINISHED", "PRUNED")
         else:
             assert (run.info.status, run.data.tags.get("optuna_state")) == ("FINISHED",
                                                                              "COMPLETE")

@@ -188,7 +188,7 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
         for key, value in trial.params.items():
             assert run.data.params[f"sampled.{key}"] == str(value)
         if trial.state == optuna.trial.TrialState.PRUNED:
-            assert run.info.status == "KILLED"
+            assert run.info.status == "FINISHED"  # stopped on purpose: no crash's red cross
             assert run.data.tags["optuna_state"] == "PRUNED"
             # metrics kept (the pruner saw them as float32)
             assert run.data.metrics["val/fid"] == pytest.approx(trial.intermediate_values[0])

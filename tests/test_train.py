@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,9 +36,9 @@ def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> Non
     assert run.data.tags["dataset"] == "grid25"
     assert run.data.tags["fid_features"] == "coordinates"
     assert run.data.tags["package_version"] == pipeline.__version__
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, check=True).stdout.strip()
-    assert run.data.tags["git_commit"] == head
+    # MLflow's own run context fills in user and source (the git commit: see the CLI test)
+    assert run.data.tags["mlflow.user"] == getpass.getuser()
+    assert run.data.tags["mlflow.source.name"] == sys.argv[0]
 
     # per-epoch validation metrics at step = epoch
     for name in ("val/fid", "val/modes_covered", "val/high_quality", "val/reverse_kl",
@@ -51,7 +54,12 @@ def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> Non
         assert len(client.get_metric_history(result.run_id, name)) == 8
 
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "samples")}
-    assert artifacts == {"samples/epoch_0001.png", "samples/epoch_0002.png", "samples/final.png"}
+    assert artifacts == {"samples/final.png"}
+    # Step-indexed pictures (the UI's slider): one per epoch (sample_every_n_epochs=1).
+    images = [a.path for a in client.list_artifacts(result.run_id, "images")
+              if a.path.endswith(".png")]
+    assert sorted(p.split("+")[:3] for p in images) == [["images/samples", "step", "1"],
+                                                        ["images/samples", "step", "2"]]
     model_files = {a.path for a in client.list_artifacts(result.run_id, "model")}
     assert model_files == {"model/generator.pt", "model/discriminator.pt",
                            "model/generator.json", "model/config.yaml"}
@@ -157,6 +165,25 @@ def test_cli_train_prints_run_id(store_uri: str, capsys) -> None:
     assert run.info.status == "FINISHED"
     printed = json.loads(out.split("\n", 1)[1])
     assert printed == {k: v for k, v in run.data.metrics.items() if k.startswith("val/")}
+
+
+def test_cli_run_records_source_and_git_commit(store_uri: str, tmp_path: Path) -> None:
+    """Run as `python -m pipeline train`, MLflow's run context names the source file and the
+    project's git commit."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", f"tracking.tracking_uri={store_uri}",
+         "data.n_points=512", "train.epochs=1", "train.steps_per_epoch=2",
+         "train.progress_bar=false", "eval.n_samples=100", "model.g_hidden=[8]",
+         "model.d_hidden=[8]", "tracking.log_weights=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_id = out.stdout.splitlines()[0].removeprefix("MLflow run: ")
+    tags = MlflowClient(tracking_uri=store_uri).get_run(run_id).data.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert tags["mlflow.source.git.commit"] == head
+    assert tags["mlflow.source.name"] == str(PROJECT_ROOT / "pipeline" / "__main__.py")
 
 
 def test_missing_data_logs_nothing(tiny_config, store_uri: str, tmp_path: Path) -> None:

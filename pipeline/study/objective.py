@@ -13,8 +13,12 @@ import optuna
 from pipeline.config import Config, config_from_dict
 from pipeline.study.space import sample
 from pipeline.study.spec import StudyDefinition
-from pipeline.study.store import RUN_ATTR
-from pipeline.tracking import get_client
+from pipeline.study.store import ERROR_ATTR, RUN_ATTR
+from pipeline.tracking import Ending, RunLogger
+
+# A pruned trial did what it was asked: stopped early on purpose. It ends FINISHED (not with
+# the red cross of a crash) and its tag says why.
+PRUNED = Ending("FINISHED", {"optuna_state": "PRUNED"})
 
 
 class Objective:
@@ -27,6 +31,14 @@ class Objective:
         self.device = device
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except Exception as exc:
+            if not isinstance(exc, optuna.TrialPruned):  # kept for the failure message
+                trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:1000])
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
         from pipeline.train import fit
@@ -39,29 +51,38 @@ class Objective:
         callbacks = []
         if self.defn.spec.pruner.name != "none":
             callbacks.append(PyTorchLightningPruningCallback(trial, monitor=metric))
-        result = fit(
+        spec = self.defn.spec.objective
+        value: list[float] = []
+
+        def score(run: RunLogger, history: dict[str, list[float]], epochs: list[int]) -> None:
+            """Inside the trial's run, so that a bad objective ends it FAILED."""
+            last = history.get(metric, [])[-spec.last_k:]
+            if not last:
+                raise ObjectiveError(f"objective {metric} was never logged")
+            objective = sum(last) / len(last)
+            if not math.isfinite(objective):
+                raise ObjectiveError(f"objective {metric} is {objective} (training diverged?)")
+            run.log_metrics({"objective": objective}, step=epochs[-1])
+            run.set_tags({"optuna_state": "COMPLETE"})
+            value.append(objective)
+
+        fit(
             cfg,
             run_name=trial_run_name(trial.number, cfg),
             parent_run_id=self.parent_run_id,
             tags={"optuna_study": self.defn.name, "optuna_trial": trial.number},
             extra_params={f"sampled.{k}": v for k, v in sampled.items()},
             callbacks=callbacks,
-            killed_by={optuna.TrialPruned: {"optuna_state": "PRUNED"}},
+            ended_by={optuna.TrialPruned: PRUNED},
             device=self.device,
             on_run_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id),
+            finish=score,
         )
-        values = result.history.get(metric, [])
-        client = get_client(self.uri)
-        if not values:
-            client.set_tag(result.run_id, "optuna_state", "FAIL")
-            raise RuntimeError(f"objective {metric} was never logged (eval.every_n_epochs > "
-                               f"train.epochs?)")
-        last = values[-self.defn.spec.objective.last_k:]
-        objective = sum(last) / len(last)
-        client.set_tag(result.run_id, "optuna_state", "FAIL" if math.isnan(objective)
-                       else "COMPLETE")
-        client.log_metric(result.run_id, "objective", objective, step=result.epochs_evaluated[-1])
-        return objective
+        return value[0]
+
+
+class ObjectiveError(RuntimeError):
+    """A trial whose objective is missing or not a finite number: it fails."""
 
 
 def trial_run_name(number: int, cfg: Config) -> str:

@@ -7,16 +7,14 @@ best value and trial, a CSV of all trials, and Optuna's plots of the study as PN
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
+from matplotlib.figure import Figure
 
-from pipeline.plots import figure_png
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, best_trial
 from pipeline.tracking import RunLogger, experiment_id, get_client, mask_secrets
@@ -54,10 +52,7 @@ def ensure(study: optuna.Study, defn: StudyDefinition, uri: str, storage: str, *
     })
     run_id = run.info.run_id
     study.set_user_attr(PARENT_ATTR, run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "study.yaml"
-        path.write_text(defn.text)
-        client.log_artifact(run_id, str(path))
+    client.log_text(run_id, defn.text, "study.yaml")
     return run_id
 
 
@@ -81,7 +76,7 @@ def report(study: optuna.Study, run_id: str, uri: str) -> None:
         metrics["best_value"] = float(best.value)  # type: ignore[arg-type]
         metrics["best_trial"] = float(best.number)
         tags = {"best_trial": best.number, "best_run_id": best.user_attrs.get(RUN_ATTR, "")}
-    table = study.trials_dataframe().to_csv(index=False).encode()
+    table = study.trials_dataframe().to_csv(index=False)
     plots = study_plots(study)  # seconds: drawn before the check below, not after it
 
     client = get_client(uri)
@@ -90,12 +85,12 @@ def report(study: optuna.Study, run_id: str, uri: str) -> None:
     logger = RunLogger(client, run_id)
     logger.log_metrics(metrics, step=n_finished)
     logger.set_tags(tags)
-    logger.log_bytes(table, "trials.csv")
-    for name, png in plots.items():
-        logger.log_bytes(png, f"plots/{name}.png")
+    logger.log_text(table, "trials.csv")
+    for name, fig in plots.items():
+        logger.log_figure(fig, f"plots/{name}.png")
 
 
-def study_plots(study: optuna.Study) -> dict[str, bytes]:
+def study_plots(study: optuna.Study) -> dict[str, Figure]:
     """optimization_history, param_importances, parallel_coordinate, slice (as many as apply).
 
     Importances need at least two complete trials that differ; a plot that cannot be drawn yet
@@ -110,7 +105,7 @@ def study_plots(study: optuna.Study) -> dict[str, bytes]:
         "slice": ovm.plot_slice,
     }
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    out: dict[str, bytes] = {}
+    out: dict[str, Figure] = {}
     if not complete:
         return out
     for name, plot in plotters.items():
@@ -120,7 +115,7 @@ def study_plots(study: optuna.Study) -> dict[str, bytes]:
                 ax = plot(study)
             fig = ax.flat[0].figure if hasattr(ax, "flat") else ax.figure
             fig.set_size_inches(10, 6)
-            out[name] = figure_png(fig)
+            out[name] = fig
         except Exception as exc:  # too few trials or parameters for this plot
             log.info("skipped plot %s: %s", name, exc)
     return out

@@ -41,7 +41,9 @@ BETA_KEYS = {  # pseudo key -> the (list key, index) pairs it sets
 # Keys that only matter for some values of others: predicates on the flat config, read from the
 # registries (which activations use a slope, which losses have a penalty).
 IMPLICIT_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {
-    "model.leaky_slope": lambda flat: ACTIVATIONS[flat["model.activation"]].uses_slope,
+    "model.leaky_slope": lambda flat: any(
+        ACTIVATIONS[name].uses_slope
+        for name in (flat["model.activation"], flat["model.d_activation"]) if name),
     "train.gp_weight": lambda flat: LOSSES[flat["train.loss"]].penalty is not None,
 }
 TYPES = ("float", "int", "categorical")

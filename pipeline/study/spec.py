@@ -46,6 +46,14 @@ class BudgetSpec:
     n_trials: int = 20
     timeout: float | None = None  # seconds, per invocation
     epochs: int | None = None  # epochs per trial; overrides train.epochs of the base
+    # A study whose trials keep failing stops instead of running away: after this many failed
+    # trials in a row, or this many in all (null = n_trials).
+    max_consecutive_failures: int = 5
+    max_failures: int | None = None
+
+    @property
+    def failure_cap(self) -> int:
+        return self.max_failures if self.max_failures is not None else self.n_trials
 
 
 @dataclass
@@ -148,6 +156,8 @@ def _check_spec(spec: StudySpec) -> None:
     check_choice("sampler.name", spec.sampler.name, SAMPLERS)
     check_choice("pruner.name", spec.pruner.name, PRUNERS)
     for key, value in (("budget.n_trials", spec.budget.n_trials),
+                       ("budget.max_consecutive_failures", spec.budget.max_consecutive_failures),
+                       ("budget.max_failures", spec.budget.failure_cap),
                        ("objective.last_k", spec.objective.last_k),
                        ("pruner.reduction_factor", spec.pruner.reduction_factor - 1),
                        ("pruner.min_resource", spec.pruner.min_resource),

@@ -19,9 +19,11 @@ from pipeline.study.spec import StudyDefinition, parse_study
 DEFAULT_STORAGE = Path("runs") / "optuna.journal"
 # A study's budget counts these: a pruned trial is a finished one.
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+ENDED_STATES = (*FINISHED_STATES, optuna.trial.TrialState.FAIL)
 SPEC_ATTR = "study_file"  # the study file's text, kept in the study so any machine can rebuild it
 PARENT_ATTR = "mlflow_parent_run_id"  # study attribute: the study's MLflow parent run
 RUN_ATTR = "mlflow_run_id"  # trial attribute: the trial's MLflow run
+ERROR_ATTR = "error"  # trial attribute: why a failed trial failed
 
 
 def storage_url(given: str | None = None) -> str:

@@ -24,6 +24,8 @@ from pipeline.study import parent_run
 from pipeline.study.objective import Objective
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import (
+    ENDED_STATES,
+    ERROR_ATTR,
     FINISHED_STATES,
     RUN_ATTR,
     best_trial,
@@ -34,11 +36,50 @@ from pipeline.study.store import (
 from pipeline.tracking import get_client, tracking_uri
 
 
+class SweepError(RuntimeError):
+    """A study that stopped before its target: its trials kept failing."""
+
+
+@dataclass
+class FailureGuard:
+    """Stops a study whose trials keep failing (a bad search range, a broken config) instead of
+    letting it run away: ``max_consecutive`` failures in a row, or ``cap`` in all, counted over
+    the trials this command started (numbers from ``first``), every worker's included."""
+
+    max_consecutive: int
+    cap: int
+    first: int
+
+    def verdict(self, study: optuna.Study) -> str | None:
+        ended = sorted((t for t in study.get_trials(deepcopy=False, states=ENDED_STATES)
+                        if t.number >= self.first), key=lambda t: t.number)
+        failed = [t for t in ended if t.state == optuna.trial.TrialState.FAIL]
+        in_a_row = 0
+        for t in reversed(ended):
+            if t.state != optuna.trial.TrialState.FAIL:
+                break
+            in_a_row += 1
+        if in_a_row >= self.max_consecutive:
+            why = f"{in_a_row} trials failed in a row"
+        elif len(failed) >= self.cap:
+            why = f"{len(failed)} trials failed"
+        else:
+            return None
+        last = failed[-1].user_attrs.get(ERROR_ATTR, "see the trial's MLflow run")
+        return (f"study {study.study_name} stopped: {why}; last error (trial "
+                f"{failed[-1].number}): {last}")
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL and self.verdict(study):
+            study.stop()
+
+
 @dataclass
 class WorkerArgs:
     defn: StudyDefinition
     storage: str
     target: int  # finished (complete + pruned) trials the study should hold
+    guard: FailureGuard
     index: int
     parent_run_id: str
     tracking_uri: str
@@ -72,7 +113,9 @@ def run_sweep(
     target = n_trials or defn.spec.budget.n_trials
     parent = parent_run.ensure(study, defn, uri, url, created=created)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    args = [WorkerArgs(defn, url, target, i, parent, uri, threads, defn.spec.budget.timeout,
+    budget = defn.spec.budget
+    guard = FailureGuard(budget.max_consecutive_failures, budget.failure_cap, len(study.trials))
+    args = [WorkerArgs(defn, url, target, guard, i, parent, uri, threads, budget.timeout,
                        quiet=progress) for i in range(workers)]
 
     client = get_client(uri)
@@ -92,6 +135,11 @@ def run_sweep(
     finally:
         if monitor is not None:
             monitor.close()
+    failure = guard.verdict(study)
+    if failure is not None:
+        client.set_tag(parent, "error", failure)
+        client.set_terminated(parent, "FAILED")
+        raise SweepError(failure)
     client.set_terminated(parent, "FINISHED")
     best = best_trial(study)
     return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start)
@@ -146,8 +194,8 @@ def worker_main(args: WorkerArgs) -> None:
     objective = Objective(defn, args.parent_run_id, args.tracking_uri, args.threads, device)
     if len(finished_trials(study)) < args.target:
         stop = MaxTrialsCallback(args.target, states=FINISHED_STATES)  # counts every worker's
-        study.optimize(objective, timeout=args.timeout, callbacks=[stop], catch=(Exception,),
-                       gc_after_trial=False)
+        study.optimize(objective, timeout=args.timeout, callbacks=[stop, args.guard],
+                       catch=(Exception,), gc_after_trial=False)
     parent_run.report(study, args.parent_run_id, args.tracking_uri)
 
 
