@@ -82,3 +82,30 @@ def test_far_away_sample_has_no_precision_or_density() -> None:
 def test_rejects_mismatched_features() -> None:
     with pytest.raises(ValueError, match="do not match"):
         precision_recall_density_coverage(torch.zeros(10, 3), torch.zeros(10, 4))
+
+
+@pytest.mark.parametrize("dim", [1, 2, 4])
+def test_k_d_trees_match_the_definitions(dim: int) -> None:
+    """Low dimensions take the k-d tree path; it must agree with the definitions exactly,
+    including duplicated points (zero distances) and a far-away outlier (a huge fake ball)."""
+    rng = np.random.default_rng(dim)
+    real = rng.normal(size=(400, dim))
+    fake = np.concatenate([rng.normal(loc=0.3, scale=0.7, size=(300, dim)), real[:20],
+                           np.full((1, dim), 9.0)])
+    prdc = prdc_module.PRDC(torch.from_numpy(real))
+    assert prdc.tree is not None
+    expected = reference_prdc(real, fake, k_pr=3, k_dc=5)
+    assert prdc.score(torch.from_numpy(fake)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_both_paths_agree_on_a_mixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(5)
+    centres = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]])
+    real = centres[torch.randint(3, (2500,), generator=gen)] + 0.05 * torch.randn(
+        2500, 2, generator=gen)
+    fake = centres[torch.randint(2, (2500,), generator=gen)] + 0.08 * torch.randn(
+        2500, 2, generator=gen)
+    with_trees = precision_recall_density_coverage(real, fake)
+    monkeypatch.setattr(prdc_module, "KD_TREE_MAX_DIM", 0)
+    assert precision_recall_density_coverage(real, fake) == pytest.approx(with_trees, abs=1e-12)
+    assert with_trees["coverage"] < 0.7  # a third of the modes is missing

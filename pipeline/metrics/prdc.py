@@ -1,19 +1,24 @@
 """Improved precision/recall (Kynkaanniemi et al. 2019) and density/coverage (Naeem et al. 2020).
 
 Every quantity is a statement about k-NN balls: the ball around a point reaches its k-th nearest
-neighbour within its own set, the point itself excluded. Distances are computed a block of rows
-at a time so that 10,000 x 10,000 pairs never need to be held at once.
+neighbour within its own set, the point itself excluded. In a few dimensions (the 2-D mixtures)
+k-d trees find the neighbours and the pairs within reach: ~10 ms for 2,500 points against
+~200 ms for all 6 million pairs. In many dimensions, where trees degrade, distances are computed
+a block of rows at a time so that 10,000 x 10,000 pairs never need to be held at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 # One block of the distance matrix (float64); the caller's previous block may still be alive.
 BLOCK_BYTES = 32 * 2**20
+KD_TREE_MAX_DIM = 4  # k-d trees beat all-pairs distances up to a few dimensions
 
 
 def _row_blocks(a: Tensor, b: Tensor) -> Iterator[tuple[slice, Tensor]]:
@@ -46,8 +51,8 @@ def knn_radii(feats: Tensor, ks: tuple[int, ...]) -> dict[int, Tensor]:
 class PRDC:
     """precision, recall (k = k_pr) and density, coverage (k = k_dc) against fixed real features.
 
-    The real side (centring, k-NN radii: a full real x real distance pass) is prepared once;
-    an evaluation per epoch then pays only for the fake side.
+    The real side (centring, k-NN radii, a k-d tree in low dimensions) is prepared once; an
+    evaluation per epoch then pays only for the fake side.
     """
 
     def __init__(self, real_feats: Tensor, k_pr: int = 3, k_dc: int = 5) -> None:
@@ -58,8 +63,18 @@ class PRDC:
         # loses the small distances of a collapsed sample to cancellation.
         self.centre = real_feats.double().mean(dim=0)
         self.real = real_feats.double() - self.centre
-        radii = knn_radii(self.real, (k_pr, k_dc))
-        self.r_pr, self.r_dc = radii[k_pr], radii[k_dc]
+        self.tree: cKDTree | None = None
+        if real_feats.shape[1] <= KD_TREE_MAX_DIM:
+            self.tree = cKDTree(self.real.cpu().numpy())
+            if len(self.real) <= max(k_pr, k_dc):
+                raise ValueError(f"need more than {max(k_pr, k_dc)} points for k-NN radii, "
+                                 f"got {len(self.real)}")
+            nearest, _ = self.tree.query(self.tree.data, k=max(k_pr, k_dc) + 1)
+            self.r_pr = torch.from_numpy(nearest[:, k_pr])
+            self.r_dc = torch.from_numpy(nearest[:, k_dc])
+        else:
+            radii = knn_radii(self.real, (k_pr, k_dc))
+            self.r_pr, self.r_dc = radii[k_pr], radii[k_dc]
 
     def score(self, fake_feats: Tensor) -> dict[str, float]:
         real = self.real
@@ -68,6 +83,8 @@ class PRDC:
                 f"feature shapes {tuple(real.shape)} and {tuple(fake_feats.shape)} do not match"
             )
         fake = fake_feats.double().to(real.device) - self.centre
+        if self.tree is not None:
+            return self._score_with_trees(fake.cpu().numpy())
         fake_radii = knn_radii(fake, (self.k_pr,))[self.k_pr]
 
         # One pass over the fake x real distances serves both directions: rows for precision
@@ -87,6 +104,37 @@ class PRDC:
             "recall": float(in_fake_manifold.double().mean()),
             "density": float(balls_containing.mean() / self.k_dc),
             "coverage": float((nearest_fake <= self.r_dc).double().mean()),
+        }
+
+    def _score_with_trees(self, fake: np.ndarray) -> dict[str, float]:
+        assert self.tree is not None
+        if len(fake) <= self.k_pr:
+            raise ValueError(f"need more than {self.k_pr} points for k-NN radii, got {len(fake)}")
+        fake_tree = cKDTree(fake)
+        nearest, _ = fake_tree.query(fake, k=self.k_pr + 1)
+        fake_radii = nearest[:, self.k_pr]
+        r_pr, r_dc = self.r_pr.numpy(), self.r_dc.numpy()
+        # Every real-fake pair within the largest real ball (k_dc >= k_pr): precision, density
+        # and coverage only ask about pairs inside some real ball.
+        pairs = self.tree.sparse_distance_matrix(fake_tree, float(max(r_pr.max(), r_dc.max())),
+                                                 output_type="ndarray")
+        i, j, d = pairs["i"], pairs["j"], pairs["v"]
+        in_pr, in_dc = d <= r_pr[i], d <= r_dc[i]
+        in_real_manifold = np.zeros(len(fake), dtype=bool)
+        in_real_manifold[j[in_pr]] = True
+        covered = np.zeros(len(r_dc), dtype=bool)
+        covered[i[in_dc]] = True
+        # Recall asks about the fake balls: the real points inside each fake point's radius.
+        inside = self.tree.query_ball_point(fake, fake_radii)
+        in_fake_manifold = np.zeros(len(r_dc), dtype=bool)
+        hits = [idx for idx in inside if idx]
+        if hits:
+            in_fake_manifold[np.concatenate(hits)] = True
+        return {
+            "precision": float(in_real_manifold.mean()),
+            "recall": float(in_fake_manifold.mean()),
+            "density": float(in_dc.sum() / (self.k_dc * len(fake))),
+            "coverage": float(covered.mean()),
         }
 
 
