@@ -1,32 +1,85 @@
-"""``python -m pipeline <command>``: argument parsing only; the work lives in the modules."""
+"""Search for fully connected GANs that do not collapse, and keep every result in MLflow.
+
+Train one configuration, run an Optuna study of many (with pruning), compare its best trials,
+export the winner, and browse everything in the MLflow UI or optuna-dashboard. Every run lands
+in MLflow (runs/mlflow.db unless MLFLOW_TRACKING_URI says otherwise), every study in Optuna
+storage (runs/optuna.journal unless --storage or OPTUNA_STORAGE says otherwise).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any, NoReturn
 
 from pipeline.config import ConfigError
 from pipeline.data import DataError
 from pipeline.logs import quiet_libraries
 
+EXAMPLES = """examples:
+  python -m pipeline train data.name=ring8 train.epochs=5
+  python -m pipeline sweep studies/grid25.yaml --workers 2
+  python -m pipeline compare --study grid25 --top 5 --format markdown
+  python -m pipeline export --study grid25
+  python -m pipeline reeval --study grid25 --seeds 5
+  python -m pipeline ui
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """A bad option is one line on stderr and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number up to 65535, got {value}")
+    return value
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m pipeline", description=__doc__, epilog=EXAMPLES,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=Parser)
 
     p = commands.add_parser("train", help="train one configuration, tracked as one MLflow run")
     p.add_argument("--config", help="YAML file merged over conf/defaults.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.epochs=2")
+    p.add_argument("--resume", metavar="RUN_ID",
+                   help="continue a killed training from its last checkpoint, in the same run")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, values in YAML: train.epochs=2 model.g_hidden=[64,64]")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("sweep", help="run or resume an Optuna study (studies/<name>.yaml)")
-    p.add_argument("study_file", help="e.g. studies/grid25.yaml")
-    p.add_argument("--trials", type=int, help="finished trials the study should hold")
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    p.add_argument("--storage", help="Optuna storage URL or journal file ($OPTUNA_STORAGE)")
+    p.add_argument("study_file", help="the study file, e.g. studies/grid25.yaml")
+    p.add_argument("--trials", type=positive_int,
+                   help="finished (complete or pruned) trials the study should hold "
+                        "(default: the file's budget.n_trials)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes on this machine (at most the CPU count)")
+    p.add_argument("--storage", help="Optuna storage: a journal file or a database URL "
+                                     "(default $OPTUNA_STORAGE, else runs/optuna.journal)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume although the study file's objective, search space or base "
+                        "config changed since the study was created")
     p.add_argument("--no-progress", action="store_true", help="no study progress line")
     p.set_defaults(func=cmd_sweep)
 
@@ -37,39 +90,62 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--metrics", help="comma-separated subset of metrics (default: all)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = commands.add_parser("compare", help="top-K trials of a study and a comparison figure")
-    p.add_argument("--study", required=True, help="study name (a studies/*.yaml stem)")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
-    p.add_argument("--storage", help="Optuna storage URL or journal file ($OPTUNA_STORAGE)")
+    p = commands.add_parser("compare", help="top trials of a study: a table and a figure")
+    p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
+    p.add_argument("--top", type=positive_int, default=5, help="how many trials (default 5)")
+    p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
+                   help="table (fits 120 columns), markdown, csv or json (all columns)")
+    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
+                                     "runs/optuna.journal)")
     p.add_argument("--figure", help="where to write the figure (default runs/compare/NAME.png)")
     p.set_defaults(func=cmd_compare)
 
-    p = commands.add_parser("export", help="export the best trial's generator")
-    p.add_argument("--study", required=True)
+    p = commands.add_parser("export", help="register and export the best trial's generator")
+    p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
     p.add_argument("--out", help="folder (default exports/<study>/)")
-    p.add_argument("--storage", help="Optuna storage URL or journal file ($OPTUNA_STORAGE)")
+    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
+                                     "runs/optuna.journal)")
     p.set_defaults(func=cmd_export)
 
+    p = commands.add_parser("reeval", help="retrain a study's best configuration on fresh "
+                                           "seeds; mean and standard error of every metric")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--study", help="the study whose best trial to retrain")
+    source.add_argument("--config", help="a config file to retrain instead (e.g. a baseline)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="fresh seeds (default 5)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per seed (default: the trial's)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="seeds trained at once (at most the CPU count)")
+    p.add_argument("--out", help="results file (default results/<name>.json)")
+    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
+                                     "runs/optuna.journal)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides applied to every seed")
+    p.set_defaults(func=cmd_reeval)
+
     p = commands.add_parser("sample", help="draw samples from an export folder")
-    p.add_argument("export_dir")
-    p.add_argument("-n", type=int, default=1000, help="number of samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help=".npy, .csv or .png")
+    p.add_argument("export_dir", help="a folder written by export")
+    p.add_argument("-n", type=positive_int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default 0)")
+    p.add_argument("--out", required=True, help="where to write them: .npy, .csv or .png")
     p.set_defaults(func=cmd_sample)
 
     p = commands.add_parser("ui", help="MLflow UI on the project's store, bound to 127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--workers", type=int, default=1, help="server worker processes")
+    p.add_argument("--port", type=port, default=5000, help="port (default 5000)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="server worker processes (default 1)")
     p.set_defaults(func=cmd_ui)
 
     p = commands.add_parser("dashboard", help="optuna-dashboard on the study storage (127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--storage", help="Optuna storage URL or journal file ($OPTUNA_STORAGE)")
+    p.add_argument("--port", type=port, default=8080, help="port (default 8080)")
+    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
+                                     "runs/optuna.journal)")
     p.set_defaults(func=cmd_dashboard)
 
     args = parser.parse_args(argv)
     quiet_libraries()
+    # MLflow draws progress bars for artifact downloads; a command's output is its own.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError) as exc:  # ExportError is a ConfigError too
@@ -82,15 +158,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as exc:
+        what = str(exc) or "Ctrl-C"
+        print(f"stopped ({what}); runs in progress ended KILLED. Run the same command to "
+              f"resume.", file=sys.stderr)
+        return 128 + (signal.SIGTERM if "SIGTERM" in what else signal.SIGINT)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume: continues a run with the config it was started with; "
+                              "give no --config or key=value with it")
+        from pipeline.checkpoint import resume_config
+
+        cfg = resume_config(args.resume)
+    else:
+        cfg = load_config(args.config, args.overrides)
     from pipeline.train import fit  # heavy imports only once the config is known to be valid
 
-    result = fit(cfg)
+    result = fit(cfg, checkpoint=True, resume=args.resume)
     print(f"MLflow run: {result.run_id}")
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
@@ -100,14 +189,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.study.spec import load_study_file
 
     defn = load_study_file(args.study_file)  # fail fast, before the heavy imports
-    if args.workers < 1 or (args.trials is not None and args.trials < 1):
-        raise ConfigError("--workers and --trials: expected numbers >= 1")
+    workers = capped_workers(args.workers, defn.base.train.accelerator)
     from pipeline.study.sweep import run_sweep, summary_lines
 
-    summary = run_sweep(defn, n_trials=args.trials, workers=args.workers,
-                        storage=args.storage, progress=not args.no_progress)
+    summary = run_sweep(defn, n_trials=args.trials, workers=workers, storage=args.storage,
+                        progress=not args.no_progress, allow_changes=args.allow_changes)
     print("\n".join(summary_lines(summary)))
     return 0
+
+
+# A worker holds ~110 MB and its own torch threads: more than one per core (or a few per GPU)
+# only adds contention, and hundreds exhaust memory.
+WORKERS_PER_GPU = 4
+
+
+def capped_workers(requested: int, accelerator: str) -> int:
+    import torch
+
+    gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+    cap, what = ((gpus * WORKERS_PER_GPU, f"{WORKERS_PER_GPU} per GPU x {gpus} GPUs") if gpus
+                 else (os.cpu_count() or 1, "the CPU count"))
+    if requested > cap:
+        print(f"--workers {requested}: capped at {cap} ({what})", file=sys.stderr)
+        return cap
+    return requested
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -123,8 +228,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pipeline.export import export_best
 
-    out = export_best(args.study, args.out, storage=args.storage)
-    print(f"exported to {out} and registered as {args.study}-generator@champion")
+    out, version = export_best(args.study, args.out, storage=args.storage)
+    print(f"exported to {out}; registered as models:/{args.study}-generator@champion "
+          f"(version {version})")
+    return 0
+
+
+def cmd_reeval(args: argparse.Namespace) -> int:
+    from pipeline.reeval import reevaluate, summary_table
+
+    report, path = reevaluate(study=args.study, config=args.config, seeds=args.seeds,
+                              epochs=args.epochs, workers=args.workers, out=args.out,
+                              storage=args.storage, overrides=args.overrides)
+    print(summary_table(report))
+    print(f"results: {path}", file=sys.stderr)
     return 0
 
 
@@ -137,34 +254,68 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from pipeline.tracking import artifact_location, tracking_uri
+    from pipeline.tracking import artifact_location, mask_secrets, tracking_uri
 
     uri = tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(args.port),
-           # one worker starts in ~20 s on 2 cores; the default 4 take ~40 s for one user
-           "--workers", str(args.workers)]
+    # The store URI goes in the environment, not on a command line that `ps` shows.
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
     artifacts = artifact_location(uri)
     if artifacts:
-        cmd += ["--default-artifact-root", artifacts]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri})", file=sys.stderr)
-    return subprocess.call(cmd)
+        env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = artifacts
+    # one worker starts in ~20 s on 2 cores; the default 4 take ~40 s for one user
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port",
+           str(args.port), "--workers", str(args.workers)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {mask_secrets(uri)})",
+          file=sys.stderr)
+    return serve(cmd, env)
+
+
+def serve(cmd: list[str], env: dict[str, str]) -> int:
+    """Run a server in its own process group until it exits or this process is asked to stop;
+    then stop the whole group (the server's own workers included): nothing keeps listening."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=grace)
+                break
+            except ProcessLookupError:
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        print("server stopped", file=sys.stderr)
+        return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    import subprocess
+    from optuna_dashboard import run_server
 
-    from pipeline.study.store import storage_url
+    from pipeline.study.store import mask_url, open_storage, storage_url
 
     url = storage_url(args.storage)
-    cmd = [str(Path(sys.executable).parent / "optuna-dashboard"), url, "--host", "127.0.0.1",
-           "--port", str(args.port)]
-    if "://" not in url:
-        cmd += ["--storage-class", "JournalFileStorage"]
-    print(f"optuna-dashboard on http://127.0.0.1:{args.port} (storage {url})", file=sys.stderr)
-    return subprocess.call(cmd)
+    storage = open_storage(url)  # in this process: the URL never reaches a command line
+    print(f"optuna-dashboard on http://127.0.0.1:{args.port} (storage {mask_url(url)})",
+          file=sys.stderr)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run_server(storage, host="127.0.0.1", port=args.port)
+    except KeyboardInterrupt:
+        print("server stopped", file=sys.stderr)
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -33,6 +33,14 @@ class MlflowMetrics(L.Callback):
         self.history: dict[str, list[float]] = {}
         self.epochs_evaluated: list[int] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        """In a checkpoint: what a resumed run needs to return the same history."""
+        return {"history": self.history, "epochs_evaluated": self.epochs_evaluated}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        self.epochs_evaluated = list(state_dict["epochs_evaluated"])
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         assert isinstance(pl_module, GANModule)

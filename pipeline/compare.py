@@ -12,6 +12,7 @@ import io
 import json
 import math
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,16 @@ import matplotlib.pyplot as plt
 import optuna
 from matplotlib.figure import Figure
 
+from pipeline.config import ConfigError
 from pipeline.metrics.registry import MAIN_METRICS, val_key
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study
-from pipeline.tracking import RunLogger, get_client, tracking_uri
+from pipeline.tracking import RunLogger, open_store_for_reading, tracking_uri
 
 if TYPE_CHECKING:
     from pipeline.study.spec import StudyDefinition
+
+
+TABLE_WIDTH = 120  # a terminal's width: the table format wraps to it
 
 
 class DisagreementError(RuntimeError):
@@ -45,16 +50,19 @@ def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[
             last = t.intermediate_values[max(t.intermediate_values)]
             candidates.append((1, sign * last, t, last))
     candidates.sort(key=lambda c: (c[0], c[1]))
-    client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
+    client = open_store_for_reading(tracking_uri(defn.base.tracking.tracking_uri))
     rows = []
+    missing = []
     for rank, (_, _, trial, value) in enumerate(candidates[:k], start=1):
         run_id = trial.user_attrs.get(RUN_ATTR, "")
-        metrics = client.get_run(run_id).data.metrics if run_id else {}
-        if trial.state == optuna.trial.TrialState.COMPLETE:
-            recorded = metrics.get("objective")
-            if recorded is None or not math.isclose(recorded, value, rel_tol=1e-6, abs_tol=1e-9):
-                raise DisagreementError(f"trial {trial.number}: Optuna says {value}, its MLflow "
-                                        f"run {run_id} says {recorded}")
+        try:
+            metrics = client.get_run(run_id).data.metrics if run_id else {}
+        except Exception:  # the study outlived its MLflow store (deleted, or another one)
+            missing.append(trial.number)
+            metrics, run_id = {}, f"{run_id} (not in this MLflow store)"
+        else:
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                check_agreement(trial.number, value, run_id, metrics.get("objective"))
         row: dict[str, Any] = {"rank": rank, "trial": trial.number, "state": trial.state.name,
                                "objective": value}
         for name in MAIN_METRICS:
@@ -63,7 +71,16 @@ def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[
         row.update({f"p:{k}": v for k, v in sorted(trial.params.items())})
         row["run_id"] = run_id
         rows.append(row)
+    if missing and len(missing) == len(rows):
+        raise ConfigError(f"study {study.study_name}: none of its top trials has its run in the "
+                          f"MLflow store {client.tracking_uri} (was it deleted or replaced?)")
     return rows
+
+
+def check_agreement(number: int, value: float, run_id: str, recorded: float | None) -> None:
+    if recorded is None or not math.isclose(recorded, value, rel_tol=1e-6, abs_tol=1e-9):
+        raise DisagreementError(f"trial {number}: Optuna says {value}, its MLflow "
+                                f"run {run_id} says {recorded}")
 
 
 def format_rows(rows: Sequence[dict[str, Any]], fmt: str) -> str:
@@ -81,15 +98,40 @@ def format_rows(rows: Sequence[dict[str, Any]], fmt: str) -> str:
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
-    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
     if fmt == "markdown":
+        cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(r) + " |" for r in cells]
         return "\n".join(lines)
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return terminal_table(rows, first, params)
+
+
+def terminal_table(rows: Sequence[dict[str, Any]], first: list[str], params: list[str],
+                   width: int = TABLE_WIDTH) -> str:
+    """For a terminal: the scores as columns (as many as fit ``width``), then each trial's
+    parameters and run id on lines of their own, wrapped to ``width``."""
+    shown: list[str] = []
+    for column in first:
+        trial_widths = [len(column), *(len(_cell(r.get(column, ""))) for r in rows)]
+        if sum(_width(c, rows) + 2 for c in shown) + max(trial_widths) > width:
+            break
+        shown.append(column)
+    widths = [_width(c, rows) for c in shown]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(shown, widths, strict=True)).rstrip()]
+    lines += ["  ".join(_cell(r.get(c, "")).ljust(w)
+                        for c, w in zip(shown, widths, strict=True)).rstrip() for r in rows]
+    lines.append("")
+    for row in rows:
+        settings = " ".join(f"{p.removeprefix('p:').split('.', 1)[-1]}={_cell(row[p])}"
+                            for p in params if p in row)
+        lines += textwrap.wrap(f"#{row['rank']} trial {row['trial']}: {settings}", width,
+                               subsequent_indent="    ")
+        lines.append(f"    run {row['run_id']}")
     return "\n".join(lines)
+
+
+def _width(column: str, rows: Sequence[dict[str, Any]]) -> int:
+    return max(len(column), *(len(_cell(r.get(column, ""))) for r in rows))
 
 
 def _cell(value: Any) -> str:
@@ -100,7 +142,7 @@ def _cell(value: Any) -> str:
 
 def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> Figure:
     """Top row: each trial's final samples with its scores; bottom: objective per epoch."""
-    client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
+    client = open_store_for_reading(tracking_uri(defn.base.tracking.tracking_uri))
     metric = defn.spec.objective.metric
     n = max(len(rows), 1)
     fig = plt.figure(figsize=(3.2 * n, 7))
@@ -120,7 +162,10 @@ def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> 
                 ax.imshow(plt.imread(png))
             except Exception:  # a pruned trial stops before its final picture
                 ax.text(0.5, 0.5, "no final samples", ha="center", va="center")
-            history = client.get_metric_history(row["run_id"], metric)
+            try:
+                history = client.get_metric_history(row["run_id"], metric)
+            except Exception:  # its run is not in this store (compare said so in the table)
+                continue
             steps = [m.step for m in sorted(history, key=lambda m: m.step)]
             values = [m.value for m in sorted(history, key=lambda m: m.step)]
             curves.plot(steps, values, marker=".", label=f"trial {row['trial']}")
@@ -134,6 +179,8 @@ def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> 
 
 def compare(study_name: str, *, top: int = 5, fmt: str = "table", storage: str | None = None,
             figure_path: str | Path | None = None) -> tuple[str, Path]:
+    if top < 1:
+        raise ConfigError(f"--top {top}: expected at least 1")
     study, defn = find_study(study_name, storage)
     rows = top_trials(study, defn, top)
     fig = comparison_figure(rows, defn)
@@ -142,7 +189,7 @@ def compare(study_name: str, *, top: int = 5, fmt: str = "table", storage: str |
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent:
-        client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
+        client = open_store_for_reading(tracking_uri(defn.base.tracking.tracking_uri))
         RunLogger(client, parent).log_figure(fig, "comparison/top_trials.png")
     plt.close(fig)
     return format_rows(rows, fmt), path

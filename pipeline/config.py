@@ -9,6 +9,9 @@ the bad value and what is allowed, before anything is trained or written to MLfl
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -28,6 +31,10 @@ DEFAULTS_FILE = PROJECT_ROOT / "conf" / "defaults.yaml"
 
 # Allowed names come from the registries, so a new loss, dataset or activation needs no edit here.
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+# Sizes that would exhaust memory rather than train: rejected before anything is allocated.
+MAX_WIDTH = 16_384
+MAX_LAYERS = 32
+MAX_HIDDEN_WEIGHTS = 100_000_000  # per network (400 MB of float32, three times that for Adam)
 
 
 class ConfigError(ValueError):
@@ -44,10 +51,10 @@ class DataConfig:
 
     def validate(self) -> None:
         check_choice("data.name", self.name, DATASETS)
-        _positive("data.n_points", self.n_points)
-        _positive("data.radius", self.radius)
+        check_range("data.n_points", self.n_points, 1, 10_000_000)
+        check_range("data.radius", self.radius, 0, 1000, low_open=True)
         if self.std is not None:
-            _positive("data.std", self.std)
+            check_range("data.std", self.std, 0, 100, low_open=True)
 
 
 @dataclass
@@ -67,22 +74,27 @@ class ModelConfig:
     output_activation: str = "auto"  # auto = tanh for images, none for 2-D points
 
     def validate(self) -> None:
-        _positive("model.latent_dim", self.latent_dim)
+        check_range("model.latent_dim", self.latent_dim, 1, MAX_WIDTH)
         for key in ("g_hidden", "d_hidden"):
             widths = getattr(self, key)
-            if not widths:
-                raise ConfigError(f"model.{key}: got [], expected at least one hidden layer")
+            if not 1 <= len(widths) <= MAX_LAYERS:
+                raise ConfigError(f"model.{key}: got {len(widths)} layers, expected 1 to "
+                                  f"{MAX_LAYERS} hidden layers")
             for w in widths:
-                _positive(f"model.{key}", w)
+                check_range(f"model.{key}", w, 1, MAX_WIDTH)
+            weights = sum(a * b for a, b in itertools.pairwise(widths))
+            if weights > MAX_HIDDEN_WEIGHTS:
+                raise ConfigError(f"model.{key}: {weights:,} weights between hidden layers, "
+                                  f"expected at most {MAX_HIDDEN_WEIGHTS:,}")
         check_choice("model.activation", self.activation, ACTIVATIONS)
         if self.d_activation is not None:
             check_choice("model.d_activation", self.d_activation, ACTIVATIONS)
-        _positive("model.leaky_slope", self.leaky_slope)
+        check_range("model.leaky_slope", self.leaky_slope, 0, 10, low_open=True)
         check_choice("model.g_norm", self.g_norm, NORMS)
         check_choice("model.d_norm", self.d_norm, NORMS)
         _fraction("model.g_dropout", self.g_dropout)
         _fraction("model.d_dropout", self.d_dropout)
-        _positive("model.pack", self.pack)
+        check_range("model.pack", self.pack, 1, 64)
         check_choice("model.output_activation", self.output_activation,
                      ["auto", *OUTPUT_ACTIVATIONS])
 
@@ -109,15 +121,16 @@ class TrainConfig:
     progress_bar: bool = True
 
     def validate(self) -> None:
-        _positive("train.epochs", self.epochs)
-        _positive("train.batch_size", self.batch_size)
+        check_range("train.epochs", self.epochs, 1, 1_000_000)
+        check_range("train.seed", self.seed, 0, 2**32 - 1)
+        check_range("train.batch_size", self.batch_size, 1, 65_536)
         if self.steps_per_epoch is not None:
-            _positive("train.steps_per_epoch", self.steps_per_epoch)
+            check_range("train.steps_per_epoch", self.steps_per_epoch, 1, 100_000_000)
         check_choice("train.loss", self.loss, LOSSES)
-        _positive("train.n_critic", self.n_critic)
-        _positive("train.gp_weight", self.gp_weight, allow_zero=True)
-        _positive("train.g_lr", self.g_lr)
-        _positive("train.d_lr", self.d_lr)
+        check_range("train.n_critic", self.n_critic, 1, 100)
+        check_range("train.gp_weight", self.gp_weight, 0, 10_000)
+        check_range("train.g_lr", self.g_lr, 0, 1, low_open=True)
+        check_range("train.d_lr", self.d_lr, 0, 1, low_open=True)
         for key in ("g_betas", "d_betas"):
             betas = getattr(self, key)
             if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
@@ -126,11 +139,11 @@ class TrainConfig:
         if not 0.0 <= self.lr_decay_start <= 1.0:
             raise ConfigError(
                 f"train.lr_decay_start: got {self.lr_decay_start!r}, expected a number in [0, 1]")
-        _positive("train.log_every_n_steps", self.log_every_n_steps)
-        _positive("train.sample_every_n_epochs", self.sample_every_n_epochs)
+        check_range("train.log_every_n_steps", self.log_every_n_steps, 1, 10**9)
+        check_range("train.sample_every_n_epochs", self.sample_every_n_epochs, 1, 10**9)
         check_choice("train.accelerator", self.accelerator, ACCELERATORS)
         if self.threads is not None:
-            _positive("train.threads", self.threads)
+            check_range("train.threads", self.threads, 1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -141,10 +154,8 @@ class EvalConfig:
     cache_dir: str = "runs/cache"  # the FID feature classifiers are trained once and kept here
 
     def validate(self) -> None:
-        if self.n_samples < MIN_SAMPLES:
-            raise ConfigError(
-                f"eval.n_samples: got {self.n_samples}, expected at least {MIN_SAMPLES}")
-        _positive("eval.every_n_epochs", self.every_n_epochs)
+        check_range("eval.n_samples", self.n_samples, MIN_SAMPLES, 1_000_000)
+        check_range("eval.every_n_epochs", self.every_n_epochs, 1, 1_000_000)
         for name in self.metrics or ():
             check_choice("eval.metrics", name, METRICS)
 
@@ -158,6 +169,8 @@ class TrackingConfig:
     def validate(self) -> None:
         if not self.experiment:
             raise ConfigError("tracking.experiment: got '', expected a non-empty name")
+        if self.tracking_uri is not None:
+            check_tracking_uri("tracking.tracking_uri", self.tracking_uri)
 
 
 @dataclass
@@ -176,6 +189,17 @@ class Config:
                 f"model.pack: got {self.model.pack}, expected at most train.batch_size "
                 f"({self.train.batch_size})"
             )
+        if self.eval.every_n_epochs > self.train.epochs:
+            raise ConfigError(
+                f"eval.every_n_epochs: got {self.eval.every_n_epochs}, expected at most "
+                f"train.epochs ({self.train.epochs}): the run would never be evaluated")
+        if DATASETS[self.data.name].seeded:
+            least = max(self.train.batch_size, self.eval.n_samples)
+            if self.data.n_points < least:
+                raise ConfigError(
+                    f"data.n_points: got {self.data.n_points}, expected at least {least} "
+                    f"(train.batch_size {self.train.batch_size}, eval.n_samples "
+                    f"{self.eval.n_samples})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -338,10 +362,29 @@ def check_choice(key: str, value: Any, allowed: Iterable[str]) -> None:
         raise ConfigError(f"{key}: got {value!r}, expected one of {', '.join(allowed)}")
 
 
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}: got {value!r}, expected a number {bound}")
+TRACKING_SCHEMES = ("sqlite:///", "file:", "http://", "https://", "postgresql", "mysql",
+                    "mssql", "databricks")
+
+
+def check_tracking_uri(key: str, uri: str) -> None:
+    if not uri.startswith(TRACKING_SCHEMES):
+        raise ConfigError(f"{key}: got {uri!r}, expected a URI starting with one of "
+                          f"{', '.join(TRACKING_SCHEMES)}")
+
+
+def check_range(key: str, value: float, low: float, high: float, *,
+                low_open: bool = False) -> None:
+    """low <= value <= high (low < value with ``low_open``); NaN and infinity never pass."""
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        kind = "an integer" if isinstance(value, int) else "a number"
+        bracket = "(" if low_open else "["
+        raise ConfigError(f"{key}: got {value!r}, expected {kind} in {bracket}{_bound(low)}, "
+                          f"{_bound(high)}]")
+
+
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _fraction(key: str, value: float) -> None:

@@ -1,8 +1,12 @@
-"""Export the best trial's generator: Model Registry alias, TorchScript, ONNX, model card.
+"""Export the best trial's generator: Model Registry version, TorchScript, ONNX, model card.
 
-The weights are the ones the best trial trained (downloaded from its MLflow run), not a retrain.
-The export folder needs no project code to use: ``torch.jit.load("generator.pt")`` or
-onnxruntime on ``generator.onnx``, with ``config.json`` giving the latent size and output scale.
+The weights are the ones the best trial trained (from its MLflow run), not a retrain. The run
+already holds them as an MLflow model (``runs:/<run_id>/generator``: TorchScript, a signature and
+an input example); export registers that model as ``<study>-generator`` with alias ``champion``
+(once per run: exporting again moves the alias, it adds no version), so that
+``mlflow.pyfunc.load_model("models:/<study>-generator@champion").predict(z)`` works anywhere,
+without this project. The export folder needs no project code either: ``torch.jit.load`` or
+onnxruntime, with ``config.json`` holding the full resolved config and the generator's shapes.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.networks import Generator
 from pipeline.plots import samples_png
 from pipeline.study.store import RUN_ATTR, best_trial, find_study
-from pipeline.tracking import get_client, tracking_uri
+from pipeline.tracking import open_store_for_reading, tracking_uri
 
 ALIAS = "champion"
+MODEL_ARTIFACT = "generator"  # train.MODEL_ARTIFACT: the MLflow model every run logs
+LATENT = "standard normal N(0, I), float32"
 
 
 class ExportError(ConfigError):
@@ -30,7 +36,9 @@ class ExportError(ConfigError):
 
 
 def export_best(study_name: str, out_dir: str | Path | None = None, *,
-                storage: str | None = None) -> Path:
+                storage: str | None = None) -> tuple[Path, int]:
+    """Export the study's best trial to ``out_dir`` (default exports/<study>/); returns the
+    folder and the registered model version."""
     study, defn = find_study(study_name, storage)
     best = best_trial(study)
     if best is None:
@@ -38,38 +46,54 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
     run_id = best.user_attrs.get(RUN_ATTR)
     if not run_id:
         raise ExportError(f"study {study_name}: trial {best.number} has no MLflow run recorded")
-    client = get_client(tracking_uri(defn.base.tracking.tracking_uri))
-    run = client.get_run(run_id)
+    uri = tracking_uri(defn.base.tracking.tracking_uri)
+    client = open_store_for_reading(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise ExportError(f"study {study_name}: the best trial's run {run_id} is not in the "
+                          f"MLflow store {uri} (was the store deleted or replaced?)") from None
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = Path(client.download_artifacts(run_id, "model", tmp))
+            meta = json.loads((local / "generator.json").read_text())
+            import yaml
+
+            resolved = yaml.safe_load((local / "config.yaml").read_text())
+            generator = Generator(**meta["generator_kwargs"])
+            generator.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
         except Exception as exc:
-            raise ExportError(f"run {run_id}: cannot download its model/ artifacts ({exc}); "
+            raise ExportError(f"run {run_id}: cannot read its model/ artifacts ({exc}); "
                               "was it trained with tracking.log_weights=false?") from None
-        meta = json.loads((local / "generator.json").read_text())
-        generator = Generator(**meta["generator_kwargs"])
-        generator.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
     generator.eval()
 
     out = Path(out_dir) if out_dir else Path("exports") / study_name
     out.mkdir(parents=True, exist_ok=True)
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(VAL_PREFIX)}
     metrics["objective"] = float(best.value)  # type: ignore[arg-type]
+    version = register(client, study_name, run_id, best.number, metrics)
     config = {
-        "generator_kwargs": meta["generator_kwargs"],
-        "latent_dim": generator.latent_dim,
-        "out_dim": generator.out_dim,
-        "latent_distribution": "standard normal N(0, I)",
-        "dataset": meta["dataset"],
-        "image_shape": meta["image_shape"],
-        "output_scale": meta["output_scale"],
-        "centres": meta["centres"],
+        **resolved,  # data, model, train, eval, tracking: the full resolved config
+        "generator": {
+            "kwargs": meta["generator_kwargs"],
+            "latent_dim": generator.latent_dim,
+            "out_dim": generator.out_dim,
+            "input": f"z: float32 array of shape (n, {generator.latent_dim}), {LATENT}",
+            "output": f"float32 array of shape (n, {generator.out_dim}) in "
+                      f"{meta['output_scale']}",
+            "dataset": meta["dataset"],
+            "image_shape": meta["image_shape"],
+            "output_scale": meta["output_scale"],
+            "centres": meta["centres"],
+        },
         "study": study_name,
         "trial": best.number,
         "mlflow_run_id": run_id,
+        "registered_model": f"models:/{study_name}-generator/{version}",
         "objective": {"metric": defn.spec.objective.metric,
-                      "direction": defn.spec.objective.direction, "value": best.value},
+                      "direction": defn.spec.objective.direction,
+                      "last_k": defn.spec.objective.last_k, "value": best.value},
         "params": best.params,
     }
     write_torchscript(generator, out / "generator.pt")
@@ -84,8 +108,7 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
         samples.numpy(), image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None,
         centres=_centres(config), title=f"{study_name}: trial {best.number}"))
     (out / "MODEL_CARD.md").write_text(model_card(config, metrics))
-    register(client, study_name, run_id, best.number, metrics)
-    return out
+    return out, version
 
 
 def write_torchscript(generator: Generator, path: Path) -> None:
@@ -102,38 +125,61 @@ def write_onnx(generator: Generator, path: Path) -> None:
 
 def register(client: Any, study_name: str, run_id: str, trial: int,
              metrics: dict[str, float]) -> int:
-    """``<study>-generator`` in the Model Registry, alias ``champion`` on this version."""
+    """The run's logged MLflow model as a version of ``<study>-generator`` (the existing one if
+    this run was registered before), with alias ``champion``."""
     from mlflow.exceptions import MlflowException
 
     name = f"{study_name}-generator"
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description=f"Best generator of study {study_name}")
-    tags = {k.replace("/", "_"): f"{v:.6g}" for k, v in metrics.items()}
-    tags.update(run_id=run_id, trial=str(trial))
-    version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id,
-                                          tags=tags)
-    client.set_registered_model_alias(name, ALIAS, version.version)
-    return int(version.version)
+        client.create_registered_model(name, description=f"Best generator of study {study_name}"
+                                       f" (MLP GAN). Input: z float32 (n, latent_dim) from "
+                                       f"N(0, I); output: samples float32.")
+    found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if found:
+        version = max(int(v.version) for v in found)
+    else:
+        tags = {k.replace("/", "_"): f"{v:.6g}" for k, v in metrics.items()}
+        tags.update(run_id=run_id, trial=str(trial))
+        version = int(client.create_model_version(
+            name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=tags).version)
+    client.set_registered_model_alias(name, ALIAS, str(version))
+    return version
 
 
 def model_card(config: dict[str, Any], metrics: dict[str, float]) -> str:
     rows = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in sorted(metrics.items()))
-    kw = config["generator_kwargs"]
-    shape = config["image_shape"]
-    reshape = f"; reshape to {tuple(shape)} for images" if shape else ""
+    gen = config["generator"]
+    kw = gen["kwargs"]
+    shape = gen["image_shape"]
+    reshape = f"; reshape each row to {tuple(shape)} for an image" if shape else ""
+    objective = config["objective"]
+    train, model = config["train"], config["model"]
+    settings = "\n".join(f"| `{section}.{key}` | `{value}` |"
+                         for section in ("data", "model", "train", "eval")
+                         for key, value in config[section].items())
     return f"""# Generator: study `{config['study']}`, trial {config['trial']}
 
-Fully connected GAN generator trained on **{config['dataset']}** (MLflow run
-`{config['mlflow_run_id']}`), selected as the best trial by {config['objective']['direction']}
-`{config['objective']['metric']}` (value {config['objective']['value']:.6g}).
+Fully connected GAN generator trained on **{gen['dataset']}** (MLflow run
+`{config['mlflow_run_id']}`, registered as `{config['registered_model']}`), selected as the best
+trial of the study by {objective['direction']} `{objective['metric']}`.
+
+**Headline value: {objective['value']:.6g}** = the mean of `{objective['metric']}` over the
+trial's last {objective['last_k']} evaluations (one evaluation is noisy). The table below shows
+the *last* evaluation alone, so its `{objective['metric']}` differs from the headline.
 
 - Architecture: MLP {kw['latent_dim']} -> {' -> '.join(map(str, kw['hidden']))} ->
   {kw['out_dim']}, activation {kw['activation']}, normalization {kw['norm']}, output
-  {kw['output_activation']}.
-- Input: z of shape (n, {config['latent_dim']}) drawn from {config['latent_distribution']}.
-- Output: samples of shape (n, {config['out_dim']}) in {config['output_scale']}{reshape}.
+  {kw['output_activation']}; discriminator {model['d_hidden']} with
+  {model.get('d_activation') or model['activation']}.
+- Training: loss {train['loss']}, Adam lr G {train['g_lr']:.3g} / D {train['d_lr']:.3g}, betas
+  G {train['g_betas']} / D {train['d_betas']}, batch {train['batch_size']}, {train['epochs']}
+  epochs, seed {train['seed']}, EMA decay {train.get('ema_decay', 0.0)}, learning-rate decay
+  from {train.get('lr_decay_start', 1.0):.0%} of training.
+- **Input**: `z`, a float32 array of shape (n, {gen['latent_dim']}) drawn from {LATENT}.
+  float64 is rejected by the ONNX file and by the MLflow model's signature: cast first.
+- **Output**: a float32 array of shape (n, {gen['out_dim']}) in {gen['output_scale']}{reshape}.
 
 ## Metrics (last evaluation)
 FID and KID for images use the features of an MLP classifier this project trains on the
@@ -144,20 +190,32 @@ dataset (not Inception): compare them only with runs that used the same feature 
 |---|---|
 {rows}
 
+## Every training setting (config.json holds the same, in full)
+
+| setting | value |
+|---|---|
+{settings}
+
 ## Load
 ```python
+import mlflow, numpy as np        # no project code needed
+model = mlflow.pyfunc.load_model("models:/{config['study']}-generator@{ALIAS}")
+samples = model.predict(np.random.randn(16, {gen['latent_dim']}).astype(np.float32))
+
 import torch
 g = torch.jit.load("generator.pt")
-samples = g(torch.randn(16, {config['latent_dim']}))
+samples = g(torch.randn(16, {gen['latent_dim']}))
 ```
-or with onnxruntime: `InferenceSession("generator.onnx").run(None, {{"z": z}})`, or
-`python -m pipeline sample EXPORT_DIR -n 1000 --out samples.npy`.
+or with onnxruntime: `InferenceSession("generator.onnx").run(None, {{"z": z}})` (z float32), or
+`python -m pipeline sample EXPORT_DIR -n 1000 --out samples.npy`, or serve it:
+`mlflow models serve -m models:/{config['study']}-generator@{ALIAS} --env-manager local`.
 """
 
 
 def _centres(config: dict[str, Any]) -> np.ndarray | None:
     """The mixture's mode centres, as the trial's dataset had them (drawn under 2-D samples)."""
-    return None if config.get("centres") is None else np.asarray(config["centres"])
+    centres = config.get("generator", {}).get("centres")
+    return None if centres is None else np.asarray(centres)
 
 
 # --- sampling from an export ------------------------------------------------------------------
@@ -169,28 +227,41 @@ def load_export(folder: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, A
     if missing:
         raise ExportError(f"{folder}: incomplete export folder, missing {', '.join(missing)} "
                           "(make one with `make export`)")
-    config = json.loads((folder / "config.json").read_text())
-    return torch.jit.load(str(folder / "generator.pt")), config
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        int(config["generator"]["latent_dim"])
+        generator = torch.jit.load(str(folder / "generator.pt"))
+    except Exception as exc:
+        raise ExportError(f"{folder}: corrupt export folder ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); export again "
+                          f"with `make export`") from None
+    return generator, config
 
 
 def sample_export(folder: str | Path, n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    if n < 1:
+        raise ExportError(f"-n {n}: expected at least one sample")
     generator, config = load_export(folder)
-    z = torch.randn(n, int(config["latent_dim"]), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return generator(z).numpy(), config
+    z = torch.randn(n, int(config["generator"]["latent_dim"]),
+                    generator=torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            return generator(z).numpy(), config
+    except Exception as exc:
+        raise ExportError(f"{folder}: generator.pt does not match config.json ({exc})") from None
 
 
 def write_samples(samples: np.ndarray, config: dict[str, Any], out: str | Path) -> Path:
     out = Path(out)
+    if out.suffix not in (".npy", ".csv", ".png"):
+        raise ExportError(f"--out {out}: expected a .npy, .csv or .png file")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, samples)
     elif out.suffix == ".csv":
         np.savetxt(out, samples, delimiter=",", fmt="%.7g")
-    elif out.suffix == ".png":
-        shape = config.get("image_shape")
+    else:
+        shape = config.get("generator", {}).get("image_shape")
         out.write_bytes(samples_png(samples, image_shape=tuple(shape) if shape else None,
                                     centres=_centres(config)))
-    else:
-        raise ExportError(f"--out {out}: expected a .npy, .csv or .png file")
     return out

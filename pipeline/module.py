@@ -36,8 +36,6 @@ class SampleEvaluator(Protocol):
 
 class GANModule(L.LightningModule):
     fixed_z: Tensor
-    d_sums: Tensor
-    g_sum: Tensor
 
     def __init__(
         self,
@@ -83,15 +81,16 @@ class GANModule(L.LightningModule):
         z = torch.randn(n_picture, generator.latent_dim,
                         generator=torch.Generator().manual_seed(seed + 1))
         self.register_buffer("fixed_z", z)
-        # Running sums of the training statistics over the current logging interval, kept on the
-        # device (no sync per step) and in the checkpoint (a resumed run logs the same means).
-        self.register_buffer("d_sums", torch.zeros(len(D_STATS)))
-        self.register_buffer("g_sum", torch.zeros(()))
+        # The training statistics of the current logging interval, as detached 0-d tensors:
+        # averaged once per interval, so a step launches no kernel and waits for no sync for
+        # them. Kept in checkpoints, so a resumed run logs the same means.
+        self._d_stats: list[Tensor] = []  # d_loss, d_real, d_fake per step, flat
+        self._g_stats: list[Tensor] = []
+        self._d_params = list(discriminator.parameters())
         self.steps = 0  # GAN steps (D steps) so far: the clock of n_critic, the schedule, logs
         self.g_steps = 0
         # (step, {train/<name>: tensor}) per finished interval; the MLflow callback drains it.
         self.pending_logs: list[tuple[int, dict[str, Tensor]]] = []
-        self._interval_start = (0, 0)  # (steps, g_steps) when the current interval began
         self._val_chunks: list[Tensor] = []
         self.last_eval: dict[str, float] = {}  # the latest evaluation, keys val/<name>
 
@@ -146,18 +145,22 @@ class GANModule(L.LightningModule):
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         opt_d.step()
-        self.d_sums += torch.stack([d_loss.detach(), real_logits.detach().mean(),
-                                    fake_logits.detach().mean()])
+        self._d_stats += (d_loss.detach(), real_logits.detach().mean(),
+                          fake_logits.detach().mean())
         self.steps += 1
 
-        # Generator: one step per n_critic discriminator steps.
+        # Generator: one step per n_critic discriminator steps. D's weights are frozen for it
+        # (what Lightning's toggle_optimizer does, without its per-call bookkeeping).
         if self.steps % self.n_critic == 0:
-            with self.toggled_optimizer(opt_g):  # D's weights get no gradients in G's step
-                g_loss = self.loss.g_loss(self.discriminator(self.generator(self._noise(n))))
-                opt_g.zero_grad(set_to_none=True)
-                self.manual_backward(g_loss)
-                opt_g.step()
-            self.g_sum += g_loss.detach()
+            for p in self._d_params:
+                p.requires_grad_(False)
+            g_loss = self.loss.g_loss(self.discriminator(self.generator(self._noise(n))))
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(g_loss)
+            opt_g.step()
+            for p in self._d_params:
+                p.requires_grad_(True)
+            self._g_stats.append(g_loss.detach())
             self.g_steps += 1
             if self.g_ema is not None:
                 self.g_ema.update_parameters(self.generator)
@@ -166,19 +169,16 @@ class GANModule(L.LightningModule):
             self._close_interval()
 
     def _close_interval(self) -> None:
-        steps, g_steps = self._interval_start
-        means = {f"train/{k}": v for k, v in zip(D_STATS, self.d_sums / (self.steps - steps),
-                                                 strict=True)}
-        if self.g_steps > g_steps:
-            means["train/g_loss"] = self.g_sum / (self.g_steps - g_steps)
-        self.pending_logs.append((self.steps, {k: v.clone() for k, v in means.items()}))
-        self.d_sums.zero_()
-        self.g_sum.zero_()
-        self._interval_start = (self.steps, self.g_steps)
+        d_means = torch.stack(self._d_stats).view(-1, len(D_STATS)).mean(dim=0)
+        means = {f"train/{k}": v for k, v in zip(D_STATS, d_means, strict=True)}
+        if self._g_stats:
+            means["train/g_loss"] = torch.stack(self._g_stats).mean()
+        self.pending_logs.append((self.steps, means))
+        self._d_stats, self._g_stats = [], []
 
     def close_last_interval(self) -> None:
         """At the end of training: the means of a last, partial interval."""
-        if self.steps > self._interval_start[0]:
+        if self._d_stats:
             self._close_interval()
 
     def _noise(self, n: int) -> Tensor:
@@ -188,7 +188,9 @@ class GANModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["gan_state"] = {
-            "steps": self.steps, "g_steps": self.g_steps, "interval_start": self._interval_start,
+            "steps": self.steps, "g_steps": self.g_steps,
+            "stats": (torch.stack(self._d_stats) if self._d_stats else None,
+                      torch.stack(self._g_stats) if self._g_stats else None),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
@@ -196,7 +198,9 @@ class GANModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["gan_state"]
         self.steps, self.g_steps = state["steps"], state["g_steps"]
-        self._interval_start = tuple(state["interval_start"])  # type: ignore[assignment]
+        d_stats, g_stats = state["stats"]
+        self._d_stats = [] if d_stats is None else list(d_stats.to(self.device).unbind())
+        self._g_stats = [] if g_stats is None else list(g_stats.to(self.device).unbind())
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])

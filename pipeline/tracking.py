@@ -24,6 +24,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline import __version__
+from pipeline.config import ConfigError, check_tracking_uri
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,9 +40,12 @@ def tracking_uri(configured: str | None = None) -> str:
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        check_tracking_uri("tracking URI" if configured else "$MLFLOW_TRACKING_URI", uri)
         return uri
     DEFAULT_STORE_DIR.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}"
+    # Workers writing at the same moment wait up to a minute for SQLite's lock (5 s by default,
+    # too short for two busy workers ending their runs together).
+    return f"sqlite:///{(DEFAULT_STORE_DIR / 'mlflow.db').resolve()}?timeout=60"
 
 
 def artifact_location(uri: str) -> str | None:
@@ -78,6 +82,16 @@ def get_client(uri: str) -> MlflowClient:
             fcntl.flock(lock, fcntl.LOCK_UN)
     _opened.add(uri)
     return client
+
+
+def open_store_for_reading(uri: str) -> MlflowClient:
+    """A client for commands that only read (compare, export): a missing SQLite store is an
+    error, never silently recreated empty."""
+    if uri.startswith("sqlite:///") and not sqlite_path(uri).exists():
+        raise ConfigError(f"MLflow store {sqlite_path(uri)} does not exist (deleted or moved?): "
+                          f"the study's runs are not there; set MLFLOW_TRACKING_URI to the store "
+                          f"it was run with, or run the study again")
+    return get_client(uri)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -221,7 +235,14 @@ def mlflow_run(
 
 
 def close_run(logger: RunLogger, status: str, tags: dict[str, str]) -> None:
-    try:
-        logger.set_tags(tags)
-    finally:
-        logger.client.set_terminated(logger.run_id, status)
+    """End a run with a status, retried: it runs while a study is being stopped, when every
+    worker writes at once."""
+    for attempt in range(3):
+        try:
+            logger.set_tags(tags)
+            logger.client.set_terminated(logger.run_id, status)
+            return
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)

@@ -6,12 +6,14 @@ single run with sampled overrides.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import signal
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,12 +25,13 @@ import torch
 import yaml
 
 from pipeline.callbacks import MlflowMetrics
+from pipeline.checkpoint import EpochCheckpoint, checkpoint_path, resume_config
 from pipeline.config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig
 from pipeline.data import DATASETS, Dataset, TensorBatches, load_dataset
 from pipeline.metrics import Evaluator, check_settings
 from pipeline.module import GANModule
 from pipeline.networks import Discriminator, Generator, count_parameters
-from pipeline.tracking import Ending, RunLogger, mlflow_run, tracking_uri
+from pipeline.tracking import Ending, RunLogger, get_client, mlflow_run, tracking_uri
 
 # GAN steps per Lightning batch: Lightning's loop costs ~0.7 ms per batch, paid once per chunk.
 # Results do not depend on it (every per-step rule runs inside the training step).
@@ -55,15 +58,21 @@ def fit(
     device: str | None = None,
     on_run_start: Callable[[str], None] | None = None,
     finish: Callable[[RunLogger, dict[str, list[float]], list[int]], None] | None = None,
+    checkpoint: bool = False,
+    resume: str | None = None,
 ) -> FitResult:
     """Train one configuration, tracked as one MLflow run; returns its metrics.
 
     Everything that can fail on bad input (config, data files, the feature classifier) happens
     before the MLflow run is created, so a mistake leaves no half-logged run behind. ``finish``
     runs inside the run after training (a study scores the trial there: if it raises, the run
-    ends FAILED).
+    ends FAILED). ``checkpoint``: keep runs/checkpoints/<run_id>.ckpt while training, so that
+    ``resume=<run_id>`` can continue the run after a kill (same run, same final metrics).
     """
     cfg.validate()
+    if resume is not None:
+        checkpoint = True
+        check_resumable(resume, cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = device or default_device(cfg.train.accelerator)
@@ -85,21 +94,25 @@ def fit(
     }
     uri = tracking_uri(cfg.tracking.tracking_uri)
     with mlflow_run(uri, cfg.tracking.experiment, run_name=run_name, parent_run_id=parent_run_id,
-                    tags=run_tags, ended_by=ended_by) as run:
+                    tags=run_tags, ended_by=ended_by, run_id=resume) as run:
         if on_run_start is not None:
             on_run_start(run.run_id)
-        params: dict[str, Any] = dict(cfg.flat())
-        params["model.g_parameters"] = count_parameters(module.generator)
-        params["model.d_parameters"] = count_parameters(module.discriminator)
-        if evaluator.classifier_accuracy is not None:
-            params["eval.classifier_test_accuracy"] = round(evaluator.classifier_accuracy, 4)
-        params.update(extra_params or {})
-        run.log_params(params)
+        if resume is None:
+            params: dict[str, Any] = dict(cfg.flat())
+            params["model.g_parameters"] = count_parameters(module.generator)
+            params["model.d_parameters"] = count_parameters(module.discriminator)
+            if evaluator.classifier_accuracy is not None:
+                params["eval.classifier_test_accuracy"] = round(evaluator.classifier_accuracy, 4)
+            params.update(extra_params or {})
+            run.log_params(params)
 
         tracker = MlflowMetrics(run, dataset, sample_every_n_epochs=t.sample_every_n_epochs)
-        # tracker first: it logs an evaluation before a pruning callback raises
-        trainer = make_trainer(cfg, device, [tracker, *callbacks])
-        run_trainer(trainer, module, train_batches, eval_batches)
+        saver = EpochCheckpoint(run.run_id, cfg) if checkpoint else None
+        # tracker first: it logs an evaluation before a pruning callback raises; the
+        # checkpoint last: it saves what the others logged
+        trainer = make_trainer(cfg, device, [tracker, *callbacks, *([saver] if saver else [])])
+        run_trainer(trainer, module, train_batches, eval_batches,
+                    ckpt_path=None if resume is None else str(checkpoint_path(resume)))
 
         epochs = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
         tracker.log_picture(module, f"after {epochs}", artifact_file="samples/final.png")
@@ -107,8 +120,23 @@ def fit(
             log_weights(run, module, cfg, dataset)
         if finish is not None:
             finish(run, tracker.history, tracker.epochs_evaluated)
+        if saver is not None:
+            saver.remove()
         final = {k: v[-1] for k, v in tracker.history.items()}
         return FitResult(run.run_id, final, dict(tracker.history), tracker.epochs_evaluated)
+
+
+def check_resumable(run_id: str, cfg: Config) -> None:
+    """The run exists in this store and did not finish; it has a checkpoint."""
+    if not checkpoint_path(run_id).exists():
+        resume_config(run_id)  # raises the one-line error
+    client = get_client(tracking_uri(cfg.tracking.tracking_uri))
+    try:
+        status = client.get_run(run_id).info.status
+    except Exception:
+        raise ConfigError(f"--resume {run_id}: no such run in the MLflow store") from None
+    if status == "FINISHED":
+        raise ConfigError(f"--resume {run_id}: the run already finished")
 
 
 def build_module(cfg: Config, dataset: Dataset, evaluator: Evaluator | None, *,
@@ -145,9 +173,10 @@ def make_trainer(cfg: Config, device: str, callbacks: Sequence[L.Callback]) -> L
 
 
 def run_trainer(trainer: L.Trainer, module: GANModule, train_batches: TensorBatches,
-                eval_batches: TensorBatches) -> None:
+                eval_batches: TensorBatches, ckpt_path: str | None = None) -> None:
     try:
-        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=eval_batches)
+        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=eval_batches,
+                    ckpt_path=ckpt_path)
     except SystemExit:
         # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: restore
         # Ctrl-C and report it as what it was, so the run ends KILLED rather than FAILED.
@@ -159,6 +188,11 @@ def run_trainer(trainer: L.Trainer, module: GANModule, train_batches: TensorBatc
 
 
 def default_device(accelerator: str) -> str:
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.accelerator: got {accelerator!r}, but this machine has no "
+                          f"CUDA GPU torch can use (use auto or cpu)")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.accelerator: got 'mps', but MPS is not available here")
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         # cuBLAS is only deterministic with a fixed workspace; must be set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -188,11 +222,19 @@ def discriminator_kwargs(model: ModelConfig, dataset: Dataset) -> dict[str, Any]
     }
 
 
-def log_weights(run: Any, module: GANModule, cfg: Config, dataset: Dataset) -> None:
-    """model/: state dicts, the constructor arguments and the resolved config (export reads it)."""
+def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset) -> None:
+    """The evaluated generator as an MLflow model (``generator/``: TorchScript, a signature and
+    an input example, loadable with ``mlflow.pyfunc.load_model`` without this project), and
+    ``model/``: state dicts, constructor arguments and the resolved config (export reads it)."""
+    import mlflow.pytorch
+
+    generator = module.sampler
+    was_training = generator.training
+    generator.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        torch.save(module.sampler.state_dict(), folder / "generator.pt")  # the evaluated G
+        folder = Path(tmp) / "model"
+        folder.mkdir()
+        torch.save(generator.state_dict(), folder / "generator.pt")
         torch.save(module.discriminator.state_dict(), folder / "discriminator.pt")
         meta = {
             "generator_kwargs": generator_kwargs(cfg.model, dataset),
@@ -205,6 +247,34 @@ def log_weights(run: Any, module: GANModule, cfg: Config, dataset: Dataset) -> N
         (folder / "generator.json").write_text(json.dumps(meta, indent=2))
         (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         run.log_dir(folder, "model")
+
+        scripted = torch.jit.script(copy.deepcopy(generator).cpu())
+        with warnings.catch_warnings():
+            # MLflow warns about pickle for any non-pt2 format; a TorchScript archive is what
+            # makes the model loadable without this project's code (pt2 does not take it).
+            warnings.simplefilter("ignore")
+            mlflow.pytorch.save_model(
+                scripted, str(Path(tmp) / MODEL_ARTIFACT), signature=generator_signature(
+                    generator.latent_dim, dataset.dim),
+                input_example=torch.randn(4, generator.latent_dim,
+                                          generator=torch.Generator().manual_seed(0)).numpy(),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                serialization_format="pickle")
+        run.log_dir(Path(tmp) / MODEL_ARTIFACT, MODEL_ARTIFACT)
+    generator.train(was_training)
+
+
+MODEL_ARTIFACT = "generator"  # the MLflow model in every run: runs:/<run_id>/generator
+
+
+def generator_signature(latent_dim: int, out_dim: int) -> Any:
+    """z (n, latent_dim) float32 in, samples (n, out_dim) float32 out."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, latent_dim))]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, out_dim))]))
 
 
 # A study worker runs many trials on the same data: load it and prepare the real-data side of

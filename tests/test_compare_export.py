@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from slow_helpers import SMOKE
 
 from pipeline.__main__ import main
 from pipeline.compare import DisagreementError, compare, format_rows
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, load_config
 from pipeline.export import ExportError, export_best, load_export
 from pipeline.networks import Generator
 from pipeline.study.spec import load_study_file
@@ -95,7 +98,7 @@ def test_compare_detects_disagreement(study_env: dict[str, str], tmp_path: Path)
 
 
 def test_export_best(study_env: dict[str, str], tmp_path: Path) -> None:
-    out = export_best("smoke", tmp_path / "export")
+    out, version = export_best("smoke", tmp_path / "export")
     files = {p.name for p in out.iterdir()}
     assert files == {"generator.pt", "generator.onnx", "config.json", "metrics.json",
                      "samples.png", "MODEL_CARD.md"}
@@ -104,23 +107,31 @@ def test_export_best(study_env: dict[str, str], tmp_path: Path) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["trial"] == best.number
     assert config["mlflow_run_id"] == best.user_attrs[RUN_ATTR]
+    # config.json is the full resolved config (it rebuilds the trial's Config) plus the shapes
+    assert load_config(None, extra={k: config[k] for k in ("data", "model", "train", "eval")}
+                       ).model.g_hidden == config["generator"]["kwargs"]["hidden"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["objective"] == pytest.approx(best.value)
     assert "val/fid" in metrics
 
-    # the registry: <study>-generator@champion, tagged with the trial's metrics and run id
+    # the registry: <study>-generator@champion is the run's logged MLflow model, tagged
     client = MlflowClient(tracking_uri=study_env["MLFLOW_TRACKING_URI"])
-    version = client.get_model_version_by_alias("smoke-generator", "champion")
-    assert version.run_id == best.user_attrs[RUN_ATTR]
-    assert version.tags["run_id"] == best.user_attrs[RUN_ATTR]
-    assert float(version.tags["val_fid"]) == pytest.approx(metrics["val/fid"], rel=1e-5)
+    champion = client.get_model_version_by_alias("smoke-generator", "champion")
+    assert int(champion.version) == version
+    assert champion.run_id == best.user_attrs[RUN_ATTR]
+    assert champion.source == f"runs:/{best.user_attrs[RUN_ATTR]}/generator"
+    assert float(champion.tags["val_fid"]) == pytest.approx(metrics["val/fid"], rel=1e-5)
+    # exporting the same run again adds no version
+    assert export_best("smoke", tmp_path / "again")[1] == version
+    assert len(client.search_model_versions("name='smoke-generator'")) == 1
 
-    # the same z through TorchScript, ONNX and the project's own model (the trial's weights)
-    z = torch.randn(64, config["latent_dim"], generator=torch.Generator().manual_seed(3))
+    # the same z through TorchScript, ONNX, MLflow's pyfunc and the project's own model
+    z = torch.randn(64, config["generator"]["latent_dim"],
+                    generator=torch.Generator().manual_seed(3))
     scripted = torch.jit.load(str(out / "generator.pt"))
     session = onnxruntime.InferenceSession(str(out / "generator.onnx"))
     local = Path(client.download_artifacts(best.user_attrs[RUN_ATTR], "model", str(tmp_path)))
-    own = Generator(**config["generator_kwargs"])
+    own = Generator(**config["generator"]["kwargs"])
     own.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
     own.eval()
     with torch.no_grad():
@@ -128,11 +139,36 @@ def test_export_best(study_env: dict[str, str], tmp_path: Path) -> None:
         np.testing.assert_allclose(scripted(z).numpy(), expected, rtol=1e-5, atol=1e-6)
     (onnx_out,) = session.run(None, {"z": z.numpy()})
     np.testing.assert_allclose(onnx_out, expected, rtol=1e-4, atol=1e-5)
-    assert "torch.jit.load" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    for text in ("torch.jit.load", "float32", "Headline value", "last 2 evaluations",
+                 "`train.seed`", "`train.g_lr`", "mlflow.pyfunc.load_model"):
+        assert text in card, text
+
+
+def test_registered_model_loads_in_a_fresh_process_without_the_project(
+        study_env: dict[str, str], tmp_path: Path) -> None:
+    """models:/smoke-generator@champion through mlflow.pyfunc, in a process where importing
+    the project fails: the same samples as the exported TorchScript file."""
+    out, _ = export_best("smoke", tmp_path / "export")
+    z = np.random.default_rng(0).standard_normal((32, 2)).astype(np.float32)
+    np.save(tmp_path / "z.npy", z)
+    script = (
+        "import sys; sys.modules['pipeline'] = None\n"  # the project cannot be imported
+        "import mlflow, numpy as np\n"
+        "model = mlflow.pyfunc.load_model('models:/smoke-generator@champion')\n"
+        "np.save('out.npy', model.predict(np.load('z.npy')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={
+                              **os.environ, "MLFLOW_TRACKING_URI": study_env["MLFLOW_TRACKING_URI"],
+                              "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = torch.jit.load(str(out / "generator.pt"))(torch.from_numpy(z)).detach().numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_sample_cli(study_env: dict[str, str], tmp_path: Path) -> None:
-    out = export_best("smoke", tmp_path / "export")
+    out, _ = export_best("smoke", tmp_path / "export")
     for name in ("s.npy", "s.csv", "s.png"):
         assert main(["sample", str(out), "-n", "50", "--seed", "1",
                      "--out", str(tmp_path / name)]) == 0

@@ -18,7 +18,7 @@ FLOORS: list[list[str]] = [
     ["pipeline.study"],  # one room: space < spec < store < objective, parent_run < sweep
     ["pipeline.evaluate", "pipeline.train"],
     ["pipeline.callbacks"],
-    ["pipeline.module", "pipeline.tracking"],
+    ["pipeline.module", "pipeline.tracking", "pipeline.checkpoint"],
     ["pipeline.config"],
     # the registries (what config validates against) and leaf utilities
     ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.metrics",

@@ -199,7 +199,17 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
 
     best = study.best_trial
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert set(parent.data.metrics) == {"best_value"}  # counts are tags, not metric charts
     assert parent.data.tags["best_trial"] == str(best.number)
+    # One experiment per study; the best trial's run (and no other) is tagged best=true;
+    # the parent's description summarises the study.
+    assert client.get_experiment(parent.info.experiment_id).name == "smoke"
+    tagged = [r.info.run_id for r in children if r.data.tags.get("best") == "true"]
+    assert tagged == [best.user_attrs[RUN_ATTR]]
+    note = parent.data.tags["mlflow.note.content"]
+    assert "minimize `val/fid`" in note and f"| 1 | {best.number} |" in note
+    complete = states.count(optuna.trial.TrialState.COMPLETE)
+    assert f"Trials: {complete} complete, {4 - complete} pruned, 0 failed" in note
     artifacts = {a.path for a in client.list_artifacts(parent_id)}
     assert {"trials.csv", "study.yaml", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(parent_id, "plots")}
@@ -214,13 +224,13 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     assert len(children) == len(study.trials)
     assert len({c.info.run_id for c in children}) == len(children)
-    assert client.get_run(parent_id).data.metrics["n_finished"] == 6
+    assert client.get_run(parent_id).data.tags["n_finished"] == "6"  # a tag: bookkeeping
 
     # A worker's report older than the parent's newest (it stopped first, drew its plots
     # slowly) is skipped: it must not overwrite the final state.
     history = len(client.get_metric_history(parent_id, "best_value"))
-    client.log_metric(parent_id, "n_finished", 7, step=7)
-    parent_run.report(study, parent_id, uri)
+    client.set_tag(parent_id, "n_finished", "7")
+    parent_run.report(study, parent_id, uri, defn)
     assert len(client.get_metric_history(parent_id, "best_value")) == history
 
 

@@ -136,7 +136,7 @@ def train_classifier(dataset: Dataset, device: str | torch.device = "cpu") -> ML
             unit="step",
             file=sys.stderr,
             leave=False,
-            mininterval=1.0,  # a log file, not a terminal, is the usual stderr of a sweep
+            disable=None,  # only on a terminal: no progress lines in a sweep's log file
         )
         with bar:
             for _ in range(epochs):

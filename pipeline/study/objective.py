@@ -13,7 +13,7 @@ import optuna
 from pipeline.config import Config, config_from_dict
 from pipeline.study.space import sample
 from pipeline.study.spec import StudyDefinition
-from pipeline.study.store import ERROR_ATTR, RUN_ATTR
+from pipeline.study.store import ERROR_ATTR, OWNER_ATTR, RUN_ATTR, this_worker
 from pipeline.tracking import Ending, RunLogger
 
 # A pruned trial did what it was asked: stopped early on purpose. It ends FINISHED (not with
@@ -31,6 +31,7 @@ class Objective:
         self.device = device
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(OWNER_ATTR, this_worker())  # so a resume can tell it died
         try:
             return self._run(trial)
         except Exception as exc:
@@ -48,9 +49,9 @@ class Objective:
         nested["tracking"]["tracking_uri"] = self.uri
         cfg = config_from_dict(nested)
         metric = self.defn.spec.objective.metric
-        callbacks = []
-        if self.defn.spec.pruner.name != "none":
-            callbacks.append(PyTorchLightningPruningCallback(trial, monitor=metric))
+        # Reports every evaluation to Optuna (the dashboard's intermediate values) and asks the
+        # pruner, which never prunes when it is "none".
+        callbacks = [PyTorchLightningPruningCallback(trial, monitor=metric)]
         spec = self.defn.spec.objective
         value: list[float] = []
 

@@ -6,7 +6,9 @@ best value and trial, a CSV of all trials, and Optuna's plots of the study as PN
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -14,10 +16,11 @@ from typing import Any
 
 import optuna
 from matplotlib.figure import Figure
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from pipeline.study.spec import StudyDefinition
-from pipeline.study.store import PARENT_ATTR, RUN_ATTR, best_trial
-from pipeline.tracking import RunLogger, experiment_id, get_client, mask_secrets
+from pipeline.study.store import CREATED_ATTR, PARENT_ATTR, RUN_ATTR, best_trial
+from pipeline.tracking import RunLogger, get_client, start_run
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +30,17 @@ def ensure(study: optuna.Study, defn: StudyDefinition, uri: str, storage: str, *
     """The study's MLflow run: created once, reused when the study is resumed.
 
     Only the process that created the study creates the run. When machines start a new study
-    together, the others wait up to ``wait`` seconds for its id to appear in the study, so a
-    study never ends up with two parent runs; after that (its creator died before making the
-    run) they make it themselves.
+    together, the others wait for its id to appear in the study, up to ``wait`` seconds after
+    the study was created, so a study never ends up with two parent runs; after that (its
+    creator died before making the run) they make it themselves, without waiting again.
     """
     client = get_client(uri)
     run_id = study.user_attrs.get(PARENT_ATTR)
-    deadline = time.monotonic() + wait
-    while not run_id and not created and time.monotonic() < deadline:
+    deadline = float(study.user_attrs.get(CREATED_ATTR, time.time())) + wait
+    if not run_id and not created and time.time() < deadline:
+        print(f"waiting for the machine that created study {defn.name} to make its MLflow run "
+              f"(up to {deadline - time.time():.0f} s)", file=sys.stderr)
+    while not run_id and not created and time.time() < deadline:
         time.sleep(0.5)
         run_id = study.user_attrs.get(PARENT_ATTR)
     if run_id:
@@ -44,50 +50,87 @@ def ensure(study: optuna.Study, defn: StudyDefinition, uri: str, storage: str, *
             return str(run_id)
         except Exception:  # a different tracking store than the study was started with
             pass
-    exp = experiment_id(client, defn.base.tracking.experiment)
-    run = client.create_run(exp, run_name=f"study {defn.name}", tags={
-        "optuna_study": defn.name, "optuna_storage": mask_secrets(storage),
-        "objective": f"{defn.spec.objective.direction} {defn.spec.objective.metric}",
-        "dataset": defn.base.data.name,
-    })
-    run_id = run.info.run_id
+    run_id = start_run(client, defn.base.tracking.experiment, run_name=f"study {defn.name}",
+                       tags={
+                           "optuna_study": defn.name, "optuna_storage": storage,
+                           "objective": f"{defn.spec.objective.direction} "
+                                        f"{defn.spec.objective.metric}",
+                           "dataset": defn.base.data.name,
+                           MLFLOW_RUN_NOTE: f"Study `{defn.name}`: {defn.spec.description}",
+                       })
     study.set_user_attr(PARENT_ATTR, run_id)
     client.log_text(run_id, defn.text, "study.yaml")
     return run_id
 
 
-def report(study: optuna.Study, run_id: str, uri: str) -> None:
-    """Best value and trial, a CSV of all trials, and Optuna's plots, on the parent run.
+def report(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) -> None:
+    """Best value, trial counts, a markdown summary, a CSV of all trials and Optuna's plots on
+    the parent run; the tag ``best=true`` on the best trial's run (and on no other).
 
-    Every worker (and every machine) reports when it stops. Metrics are logged at step = the
-    number of finished trials, so the newest state is the latest value in MLflow; a report
-    older than the one already there (a worker that stopped first but was slow to draw its
-    plots) is skipped rather than overwrite it.
+    Every worker (and every machine) reports when it stops. A report older than the one already
+    there (a worker that stopped first but was slow to draw its plots) is skipped rather than
+    overwrite it. Counts are tags, not metrics: bookkeeping stays out of the metric charts.
     """
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials)
               for state in optuna.trial.TrialState}
     n_finished = counts["complete"] + counts["pruned"]
     best = best_trial(study)
-    metrics = {f"n_{k}": float(v) for k, v in counts.items()}
-    metrics["n_finished"] = float(n_finished)
-    tags: dict[str, Any] = {}
+    tags: dict[str, Any] = {f"n_{k}": v for k, v in counts.items()}
+    tags["n_finished"] = n_finished
     if best is not None:
-        metrics["best_value"] = float(best.value)  # type: ignore[arg-type]
-        metrics["best_trial"] = float(best.number)
-        tags = {"best_trial": best.number, "best_run_id": best.user_attrs.get(RUN_ATTR, "")}
+        tags.update(best_trial=best.number, best_run_id=best.user_attrs.get(RUN_ATTR, ""),
+                    best_value=f"{best.value:.6g}")
     table = study.trials_dataframe().to_csv(index=False)
     plots = study_plots(study)  # seconds: drawn before the check below, not after it
 
     client = get_client(uri)
-    if client.get_run(run_id).data.metrics.get("n_finished", -1.0) > n_finished:
+    parent = client.get_run(run_id)
+    if int(parent.data.tags.get("n_finished", -1)) > n_finished:
         return
     logger = RunLogger(client, run_id)
-    logger.log_metrics(metrics, step=n_finished)
+    if best is not None:
+        logger.log_metrics({"best_value": float(best.value)},  # type: ignore[arg-type]
+                           step=n_finished)
+        mark_best(client, parent.data.tags.get("best_run_id"), tags["best_run_id"])
+    tags[MLFLOW_RUN_NOTE] = summary_markdown(study, defn, counts)
     logger.set_tags(tags)
     logger.log_text(table, "trials.csv")
     for name, fig in plots.items():
         logger.log_figure(fig, f"plots/{name}.png")
+
+
+def mark_best(client: Any, previous: str | None, current: str) -> None:
+    """Move the ``best`` tag to the study's best trial run."""
+    if previous and previous != current:
+        with contextlib.suppress(Exception):  # the old run may be gone from this store
+            client.delete_tag(previous, "best")
+    if current:
+        client.set_tag(current, "best", "true")
+
+
+def summary_markdown(study: optuna.Study, defn: StudyDefinition, counts: dict[str, int],
+                     top: int = 5) -> str:
+    """The parent run's description in the MLflow UI: objective, counts, the top trials."""
+    spec = defn.spec.objective
+    sign = 1.0 if spec.direction == "minimize" else -1.0
+    complete = sorted((t for t in study.get_trials(deepcopy=False)
+                       if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None),
+                      key=lambda t: sign * float(t.value))  # type: ignore[arg-type]
+    lines = [
+        f"## Study `{defn.name}`", "", defn.spec.description.strip(), "",
+        f"Objective: **{spec.direction} `{spec.metric}`** (mean of the last {spec.last_k} "
+        f"evaluations). Trials: {counts['complete']} complete, {counts['pruned']} pruned, "
+        f"{counts['fail']} failed, {counts['running']} running.", "",
+    ]
+    if complete:
+        lines += [f"| rank | trial | {spec.metric} | run |", "|---|---|---|---|"]
+        lines += [f"| {rank} | {t.number} | {t.value:.4g} | {t.user_attrs.get(RUN_ATTR, '')} |"
+                  for rank, t in enumerate(complete[:top], start=1)]
+        lines += ["", f"The best trial's run carries the tag `best = true` (search "
+                  f"`tags.best = 'true'`). Parameter importances (plots/) come from the "
+                  f"{len(complete)} complete trials only; pruned trials do not count."]
+    return "\n".join(lines)
 
 
 def study_plots(study: optuna.Study) -> dict[str, Figure]:

@@ -15,6 +15,7 @@ that uses it and ``train.gp_weight`` only for a loss with a penalty (wgan-gp), w
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,9 @@ def _check_spec(where: str, spec: ParamSpec) -> None:
         return
     if spec.low is None or spec.high is None:
         raise ConfigError(f"{where}: a {spec.type} parameter needs low and high")
+    if not (math.isfinite(spec.low) and math.isfinite(spec.high)):
+        raise ConfigError(f"{where}: low and high must be finite numbers, got {spec.low} and "
+                          f"{spec.high}")
     if spec.low > spec.high:
         raise ConfigError(f"{where}: low ({spec.low}) is greater than high ({spec.high})")
     if spec.log and spec.low <= 0:

@@ -7,6 +7,7 @@ one. Parsed once per command into a ``StudyDefinition``, which every worker rece
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from pipeline.config import (
     PROJECT_ROOT,
     Config,
     ConfigError,
+    TrackingConfig,
     build_dataclass,
     check_choice,
     load_config,
@@ -64,7 +66,7 @@ class SamplerSpec:
 
     def build(self, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
         """Workers and resumed runs get distinct seeds, or they would repeat each other."""
-        seed = None if self.seed is None else self.seed + seed_offset
+        seed = None if self.seed is None else (self.seed + seed_offset) % 2**32
         if self.name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if self.name == "cmaes":
@@ -122,9 +124,14 @@ class StudyDefinition:
 
 def load_study_file(path: str | Path) -> StudyDefinition:
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such study file (see studies/ for the shipped ones)")
-    return parse_study(path.read_text(), default_name=path.stem, source=str(path))
+    if not path.is_file():
+        what = "a folder, not a study file" if path.is_dir() else "no such study file"
+        raise ConfigError(f"{path}: {what} (see studies/ for the shipped ones)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the study file ({exc})") from None
+    return parse_study(text, default_name=path.stem, source=str(path))
 
 
 def parse_study(text: str, *, default_name: str, source: str = "study") -> StudyDefinition:
@@ -144,11 +151,17 @@ def parse_study(text: str, *, default_name: str, source: str = "study") -> Study
         base_extra = {**base_extra, "train": {**base_extra.get("train", {}),
                                               "epochs": spec.budget.epochs}}
     base = load_config(config_file, extra=base_extra)
+    name = check_study_name("name" if spec.name else f"{source} (its file name)",
+                            spec.name or default_name)
+    if base.tracking.experiment == TrackingConfig.experiment:
+        # One MLflow experiment per study, named after it: the UI's tables and charts then
+        # compare this study's trials only (a study file may still name one).
+        base.tracking.experiment = name
     space = parse_space(spec.search_space, base.to_dict())
     _check_objective(spec.objective, base)
     enqueue = [fixed_params(params, space, base.to_dict(), where=f"enqueue[{i}]")
                for i, params in enumerate(spec.enqueue)]
-    return StudyDefinition(spec.name or default_name, spec, base, space, text, enqueue)
+    return StudyDefinition(name, spec, base, space, text, enqueue)
 
 
 def _check_spec(spec: StudySpec) -> None:
@@ -166,10 +179,51 @@ def _check_spec(spec: StudySpec) -> None:
             raise ConfigError(f"{key}: got {value}, expected a larger positive number")
     if spec.budget.timeout is not None and spec.budget.timeout <= 0:
         raise ConfigError(f"budget.timeout: got {spec.budget.timeout}, expected seconds > 0")
-    if spec.name is not None and not spec.name.strip():
-        raise ConfigError("name: got '', expected a study name")
+    if spec.name is not None:
+        check_study_name("name", spec.name)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
+def check_study_name(key: str, name: str) -> str:
+    """Study names become folder and file names (runs/compare/NAME.png, exports/NAME/), so they
+    are plain: letters, digits, '-', '_' and '.', not starting with '.' or '-'."""
+    if not _PLAIN_NAME.fullmatch(name):
+        raise ConfigError(f"{key}: got {name!r}, expected a plain name (letters, digits, '-', "
+                          f"'_', '.'; up to 100, not starting with '.' or '-')")
+    return name
 
 
 def _check_objective(objective: ObjectiveSpec, base: Config) -> None:
     allowed = objective_keys(DATASETS[base.data.name], base.eval.metrics)
     check_choice("objective.metric", objective.metric, allowed)
+
+
+# Config keys that say where and how fast a study runs, not what its trials are.
+RUN_KEYS = ("tracking.", "train.progress_bar", "train.threads", "train.accelerator")
+
+
+def study_changes(old: StudyDefinition, new: StudyDefinition) -> list[str]:
+    """What differs between the definition a study was created from and a new one, in the parts
+    that make trials comparable: the objective, the search space and the base config."""
+    out = []
+    for key in ("metric", "direction", "last_k"):
+        a, b = getattr(old.spec.objective, key), getattr(new.spec.objective, key)
+        if a != b:
+            out.append(f"objective.{key} {a!r} -> {b!r}")
+    for key in sorted(set(old.space) | set(new.space)):
+        a, b = old.space.get(key), new.space.get(key)
+        if a != b:
+            what = ("added" if a is None else "removed" if b is None
+                    else f"{_brief(a)} -> {_brief(b)}")
+            out.append(f"search_space.{key} {what}")
+    old_base, new_base = old.base.flat(), new.base.flat()
+    for key in sorted(old_base):
+        if not key.startswith(RUN_KEYS) and old_base[key] != new_base.get(key):
+            out.append(f"base {key} {old_base[key]!r} -> {new_base.get(key)!r}")
+    return out
+
+
+def _brief(spec: ParamSpec) -> str:
+    return ", ".join(f"{k}={v}" for k, v in vars(spec).items() if v not in (None, False))

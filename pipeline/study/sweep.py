@@ -6,12 +6,17 @@ trial). Workers receive the parsed ``StudyDefinition``: the study file is read o
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +35,11 @@ from pipeline.study.store import (
     RUN_ATTR,
     best_trial,
     create_or_load,
+    fail_dead_trials,
     finished_trials,
     storage_url,
 )
-from pipeline.tracking import get_client, tracking_uri
+from pipeline.tracking import RunLogger, close_run, get_client, mask_secrets, tracking_uri
 
 
 class SweepError(RuntimeError):
@@ -80,12 +86,14 @@ class WorkerArgs:
     storage: str
     target: int  # finished (complete + pruned) trials the study should hold
     guard: FailureGuard
+    creator: bool  # this command created the study
     index: int
     parent_run_id: str
     tracking_uri: str
     threads: int
     timeout: float | None
     quiet: bool  # the study progress line replaces Optuna's log line per trial
+    parent_pid: int = 0  # the sweep command's process, whose death stops the worker
 
 
 @dataclass
@@ -97,6 +105,13 @@ class SweepSummary:
     seconds: float
 
 
+class Stopped(KeyboardInterrupt):
+    """The study was asked to stop (Ctrl-C, SIGTERM to this process or to a worker)."""
+
+
+STOPPED_EXIT = 3  # a worker's exit code when it was stopped by a signal, not by an error
+
+
 def run_sweep(
     defn: StudyDefinition,
     *,
@@ -104,81 +119,185 @@ def run_sweep(
     workers: int = 1,
     storage: str | None = None,
     progress: bool = True,
+    allow_changes: bool = False,
 ) -> SweepSummary:
-    """Run (or resume) a study until it holds ``n_trials`` finished trials."""
+    """Run (or resume) a study until it holds ``n_trials`` finished trials.
+
+    Before anything is written: MLflow must answer, and a resumed study must have been created
+    from the same objective, search space and base config (``allow_changes`` to accept edits).
+    Trials a dead worker left RUNNING are failed and their runs marked KILLED first.
+    """
     start = time.time()
     url = storage_url(storage)
     uri = tracking_uri(defn.base.tracking.tracking_uri)
-    study, created = create_or_load(defn, url)
+    check_reachable(uri)
+    study, created = create_or_load(defn, url, allow_changes=allow_changes,
+                                     on_stale=StaleRunCloser(uri))
+    close_dead_trials(study, uri)
     target = n_trials or defn.spec.budget.n_trials
     parent = parent_run.ensure(study, defn, uri, url, created=created)
     threads = max(1, (os.cpu_count() or 1) // workers)
     budget = defn.spec.budget
     guard = FailureGuard(budget.max_consecutive_failures, budget.failure_cap, len(study.trials))
-    args = [WorkerArgs(defn, url, target, guard, i, parent, uri, threads, budget.timeout,
-                       quiet=progress) for i in range(workers)]
+    args = [WorkerArgs(defn, url, target, guard, created, i, parent, uri, threads,
+                       budget.timeout, quiet=progress, parent_pid=os.getpid())
+            for i in range(workers)]
 
     client = get_client(uri)
     monitor = Progress(study, target) if progress else None
     try:
-        if workers == 1:
-            worker_main(args[0])
-        else:
-            run_workers(args, defn.name)
+        with stop_on_sigterm():
+            if workers == 1:
+                worker_main(args[0])
+            else:
+                run_workers(args, defn.name)
     except KeyboardInterrupt:
-        client.set_terminated(parent, "KILLED")
+        close_run(RunLogger(client, parent), "KILLED", {"stopped": "signal"})
         raise
     except BaseException as exc:
-        client.set_tag(parent, "error", f"{type(exc).__name__}: {exc}")
-        client.set_terminated(parent, "FAILED")
+        close_run(RunLogger(client, parent), "FAILED", {"error": f"{type(exc).__name__}: {exc}"})
         raise
     finally:
         if monitor is not None:
             monitor.close()
     failure = guard.verdict(study)
     if failure is not None:
-        client.set_tag(parent, "error", failure)
-        client.set_terminated(parent, "FAILED")
+        close_run(RunLogger(client, parent), "FAILED", {"error": failure})
         raise SweepError(failure)
     client.set_terminated(parent, "FINISHED")
     best = best_trial(study)
     return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start)
 
 
+def check_reachable(uri: str) -> None:
+    """MLflow must answer before a study is created, or the study would have no parent run."""
+    from pipeline.config import ConfigError
+
+    try:
+        get_client(uri).search_experiments(max_results=1)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"MLflow at {mask_secrets(uri)} does not answer: {first}") from None
+
+
+class StaleRunCloser:
+    """Optuna's heartbeat failed a trial (its worker stopped beating): its MLflow run too."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        kill_trial_run(self.uri, trial, "worker stopped sending heartbeats")
+
+
+def close_dead_trials(study: optuna.Study, uri: str) -> None:
+    for trial in fail_dead_trials(study):
+        kill_trial_run(uri, trial, trial_error(study, trial))
+
+
+def trial_error(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
+    fresh = study._storage.get_trial(trial._trial_id)
+    return str(fresh.user_attrs.get(ERROR_ATTR, "worker died"))
+
+
+def kill_trial_run(uri: str, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    """A dead worker's trial run, left RUNNING, ends KILLED with the reason as a tag."""
+    run_id = trial.user_attrs.get(RUN_ATTR)
+    if not run_id:
+        return
+    client = get_client(uri)
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+    except Exception:
+        return  # the run is not in this store
+    close_run(RunLogger(client, run_id), "KILLED", {"killed_reason": reason,
+                                                     "optuna_state": "FAIL"})
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the study the way Ctrl-C does (workers stopped, runs KILLED)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_workers(args: list[WorkerArgs], study_name: str) -> None:
+    """Start the workers and wait for them. A worker stopped by a signal stops the whole study;
+    stopping this process stops every worker (and a worker whose parent dies stops itself)."""
     ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
     procs = [ctx.Process(target=worker_process, args=(a,), name=f"worker-{a.index}")
              for a in args]
+    stopped = None
     try:
         for p in procs:
             p.start()
-        for p in procs:
-            p.join()
+        running = list(procs)
+        while running:
+            multiprocessing.connection.wait([p.sentinel for p in running])
+            for p in [p for p in running if not p.is_alive()]:
+                running.remove(p)
+                if p.exitcode == STOPPED_EXIT or (p.exitcode or 0) < 0:
+                    stopped = p.name
+            if stopped:
+                break
     finally:
-        # If this process is stopped (Ctrl-C, SIGTERM, a crash), stop the workers too rather
-        # than leave them writing to the study; they end their runs KILLED.
+        # If this process is stopped (Ctrl-C, SIGTERM, a crash) or a worker was, stop the
+        # others rather than leave them writing to the study; they end their runs KILLED.
         for p in procs:
             if p.is_alive():
                 p.terminate()
         for p in procs:
-            p.join(timeout=30)
+            p.join(timeout=60)
             if p.is_alive():
                 p.kill()
-    failed = [p.name for p in procs if p.exitcode != 0]
+                p.join()
+    if stopped:
+        raise Stopped(f"{stopped} was stopped")
+    failed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"study {study_name}: {', '.join(failed)} exited with an error")
 
 
 def worker_process(args: WorkerArgs) -> None:
-    """A spawned worker: SIGTERM means "stop", handled like Ctrl-C (runs end KILLED)."""
+    """A spawned worker: SIGTERM and SIGINT mean "stop": the trial's run ends KILLED, the trial
+    FAIL, and the process exits with STOPPED_EXIT, quietly. It also stops if its parent dies."""
     from pipeline.logs import quiet_libraries
 
     def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Stopped(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _die_with_parent(args.parent_pid)
     quiet_libraries()
-    worker_main(args)
+    try:
+        worker_main(args)
+    except KeyboardInterrupt:
+        sys.exit(STOPPED_EXIT)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGTERM this process when its parent dies, even by SIGKILL (no orphans)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_main(args: WorkerArgs) -> None:
@@ -187,16 +306,28 @@ def worker_main(args: WorkerArgs) -> None:
     if args.quiet:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
     defn = args.defn
-    study, _ = create_or_load(defn, args.storage)
-    # Distinct sampler seeds per worker and per resume, or they would propose the same trials.
-    study.sampler = defn.spec.sampler.build(1000 * args.index + len(study.trials))
+    study, _ = create_or_load(defn, args.storage, allow_changes=True,  # checked by the command
+                              on_stale=StaleRunCloser(args.tracking_uri))
+    study.sampler = defn.spec.sampler.build(seed_offset(args.creator, args.index,
+                                                        len(study.trials)))
     device = worker_device(defn.base, args.index)
     objective = Objective(defn, args.parent_run_id, args.tracking_uri, args.threads, device)
     if len(finished_trials(study)) < args.target:
         stop = MaxTrialsCallback(args.target, states=FINISHED_STATES)  # counts every worker's
         study.optimize(objective, timeout=args.timeout, callbacks=[stop, args.guard],
                        catch=(Exception,), gc_after_trial=False)
-    parent_run.report(study, args.parent_run_id, args.tracking_uri)
+    parent_run.report(study, args.parent_run_id, args.tracking_uri, defn)
+
+
+def seed_offset(creator: bool, index: int, n_trials: int) -> int:
+    """Added to the study's sampler seed: distinct for every process, or two would propose the
+    same trials. The creating command's workers get reproducible offsets (a one-worker study is
+    repeatable from its seed); any other process (another machine, a resume) adds its host and
+    pid."""
+    if creator:
+        return 1000 * index + n_trials
+    entropy = f"{socket.gethostname()}/{os.getpid()}/{index}/{n_trials}/{time.time_ns()}"
+    return 1 + int.from_bytes(hashlib.sha256(entropy.encode()).digest()[:4], "big")
 
 
 def worker_device(base: Config, index: int) -> str:
