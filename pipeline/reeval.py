@@ -1,0 +1,206 @@
+"""Re-evaluate a configuration on fresh seeds: the third phase of Lucic et al.'s protocol.
+
+A study's best trial won among many noisy trials; its score is optimistic. ``reeval`` retrains
+its exact configuration (or any config file, e.g. a baseline) on seeds no trial used, scores
+each final checkpoint (not the best epoch), and reports the mean and standard error of every
+metric. Each seed is an MLflow run tagged ``reeval`` under the study's parent run (or under a
+``reeval <name>`` run for a config file). Writes ``results/<name>.json`` and a picture of the
+first seed's final samples; for a study, also ``studies/best/<study>.yaml``, the configuration
+as a file that ``python -m pipeline train --config`` trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import Config, ConfigError, config_from_dict, load_config
+from pipeline.metrics.registry import VAL_PREFIX
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, best_trial, find_study
+from pipeline.tracking import (
+    get_client,
+    open_store_for_reading,
+    start_run,
+    tracking_uri,
+)
+
+FIRST_SEED = 1000  # searches train with small seeds (the base's, 0 by default); these are fresh
+RESULTS_DIR = Path("results")
+BEST_DIR = Path("studies") / "best"  # beside studies/, where the commands run
+RUN_ONLY_KEYS = ("tracking", )  # sections of a config that say where, not what
+
+
+def reevaluate(*, study: str | None = None, config: str | None = None, seeds: int = 5,
+               epochs: int | None = None, workers: int = 1, out: str | None = None,
+               storage: str | None = None, overrides: list[str] | None = None,
+               ) -> tuple[dict[str, Any], Path]:
+    """Train ``seeds`` fresh seeds of the configuration; returns the report and its path."""
+    start = time.time()
+    if (study is None) == (config is None):
+        raise ConfigError("reeval: give either --study or --config")
+    if study is not None:
+        cfg, name, parent, used = study_config(study, storage)
+    else:
+        assert config is not None
+        cfg = load_config(config)
+        name, parent, used = Path(config).stem, None, {cfg.train.seed}
+    cfg = with_overrides(cfg, overrides or [], epochs)
+    uri = tracking_uri(cfg.tracking.tracking_uri)
+    client = get_client(uri)
+    if parent is None:
+        parent = start_run(client, cfg.tracking.experiment, run_name=f"reeval {name}",
+                           tags={"reeval": "true", "config_file": config or ""})
+    fresh = [s for s in range(FIRST_SEED, FIRST_SEED + seeds + len(used)) if s not in used]
+    fresh = fresh[:seeds]
+    jobs = [(seed_config(cfg, seed, uri), name, parent, seed) for seed in fresh]
+    results = run_seeds(jobs, workers)
+    if client.get_run(parent).data.tags.get("reeval") == "true":
+        client.set_terminated(parent, "FINISHED")
+
+    per_seed = [{k.removeprefix(VAL_PREFIX): v for k, v in r["metrics"].items()}
+                for r in results]
+    report = {
+        "study": name,
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS},
+        "seeds": fresh,
+        "per_seed": per_seed,
+        "mean": {k: mean([p[k] for p in per_seed]) for k in per_seed[0]},
+        "stderr": {k: stderr([p[k] for p in per_seed]) for k in per_seed[0]},
+        "seconds": round(time.time() - start, 1),
+        "runs": [r["run_id"] for r in results],
+        "parent_run_id": parent,
+        "command": " ".join(["python -m pipeline", *sys.argv[1:]])
+                   if sys.argv and sys.argv[0].endswith("__main__.py") else "",
+    }
+    path = Path(out) if out else RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    picture(client, results[0]["run_id"], path.with_suffix(".png"))
+    if study is not None:
+        write_best_config(cfg, name)
+    return report, path
+
+
+def study_config(study: str, storage: str | None) -> tuple[Config, str, str | None, set[int]]:
+    """The best trial's exact config (logged with its run), the parent run, the seeds used."""
+    optuna_study, defn = find_study(study, storage)
+    best = best_trial(optuna_study)
+    if best is None:
+        raise ConfigError(f"study {study}: no complete trial to re-evaluate")
+    uri = tracking_uri(defn.base.tracking.tracking_uri)
+    client = open_store_for_reading(uri)
+    run_id = best.user_attrs.get(RUN_ATTR, "")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "model/config.yaml", tmp)
+            cfg = config_from_dict(yaml.safe_load(Path(path).read_text()))
+        except Exception:
+            raise ConfigError(f"study {study}: the best trial's run {run_id} has no "
+                              f"model/config.yaml in {uri}") from None
+    used = {int(t.params.get("train.seed", defn.base.train.seed)) for t in optuna_study.trials}
+    parent: str | None = optuna_study.user_attrs.get(PARENT_ATTR)
+    try:
+        client.get_run(parent or "")
+    except Exception:  # the study's parent run is not in this store: make a reeval parent
+        parent = None
+    return cfg, study, parent, used
+
+
+def with_overrides(cfg: Config, overrides: list[str], epochs: int | None) -> Config:
+    extra = [f"train.epochs={epochs}"] if epochs else []
+    if not overrides and not extra:
+        return cfg
+    from pipeline.config import parse_overrides
+
+    data = cfg.to_dict()
+    for section, values in parse_overrides([*overrides, *extra]).items():
+        if not isinstance(values, dict) or section not in data:
+            raise ConfigError(f"override {section}: expected section.key=value")
+        data[section].update(values)
+    return config_from_dict(data)
+
+
+def seed_config(cfg: Config, seed: int, uri: str) -> dict[str, Any]:
+    """One seed's config: evaluated at its last epoch (the final checkpoint is what counts)."""
+    data = cfg.to_dict()
+    data["train"].update(seed=seed, progress_bar=False, threads=1)
+    if data["train"]["epochs"] % data["eval"]["every_n_epochs"]:
+        data["eval"]["every_n_epochs"] = 1
+    data["tracking"]["tracking_uri"] = uri
+    return data
+
+
+def run_seeds(jobs: list[tuple[dict[str, Any], str, str, int]],
+              workers: int) -> list[dict[str, Any]]:
+    workers = max(1, min(workers, len(jobs), os.cpu_count() or 1))
+    if workers == 1:
+        return [train_seed(*job) for job in jobs]
+    ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        return list(pool.map(train_seed, *zip(*jobs, strict=True)))
+
+
+def train_seed(cfg_dict: dict[str, Any], name: str, parent: str, seed: int) -> dict[str, Any]:
+    from pipeline.logs import quiet_libraries
+    from pipeline.train import fit
+
+    quiet_libraries()
+    result = fit(config_from_dict(cfg_dict), run_name=f"reeval {name} seed {seed}",
+                 parent_run_id=parent, tags={"reeval": "true", "reeval_seed": seed})
+    if not result.metrics:
+        raise ConfigError(f"seed {seed}: no evaluation ran")
+    return {"run_id": result.run_id, "metrics": result.metrics}
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def stderr(values: list[float]) -> float:
+    """Standard error of the mean (sample standard deviation / sqrt(n)); 0 for one value."""
+    if len(values) < 2:
+        return 0.0
+    m = mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def picture(client: Any, run_id: str, path: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, "samples/final.png", tmp)
+        except Exception:
+            return
+        shutil.copyfile(local, path)
+
+
+def write_best_config(cfg: Config, study: str) -> Path:
+    """The configuration as a config file: `python -m pipeline train --config` trains it."""
+    data = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
+    data["train"].pop("threads", None)
+    data["train"].pop("progress_bar", None)
+    BEST_DIR.mkdir(parents=True, exist_ok=True)
+    path = BEST_DIR / f"{study}.yaml"
+    header = (f"# The best configuration the {study} study found (re-evaluated on fresh seeds: "
+              f"results/{study}.json).\n# Train it: python -m pipeline train --config "
+              f"studies/best/{study}.yaml train.seed=N\n")
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    lines = [f"{report['study']}: {len(report['seeds'])} fresh seeds {report['seeds']}, "
+             f"{report['seconds']:.0f} s", f"{'metric':<16} {'mean':>12} {'stderr':>12}"]
+    lines += [f"{k:<16} {v:>12.4g} {report['stderr'][k]:>12.3g}"
+              for k, v in report["mean"].items()]
+    return "\n".join(lines)
