@@ -28,6 +28,9 @@ def evaluate_file(
         samples = np.load(samples_path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--samples: cannot read {samples_path} as .npy ({exc})") from None
+    if samples.dtype.kind not in "fiu" or not np.isfinite(samples).all():
+        raise ConfigError(f"--samples: {samples_path} holds {samples.dtype} values, expected "
+                          f"finite numbers (no NaN, no infinity)")
     dataset = load_dataset(data_cfg)
     if samples.ndim != 2 or samples.shape[1] != dataset.dim or len(samples) < MIN_SAMPLES:
         raise ConfigError(

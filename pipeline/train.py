@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import signal
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -249,9 +251,9 @@ def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset
         run.log_dir(folder, "model")
 
         scripted = torch.jit.script(copy.deepcopy(generator).cpu())
-        with warnings.catch_warnings():
-            # MLflow warns about pickle for any non-pt2 format; a TorchScript archive is what
-            # makes the model loadable without this project's code (pt2 does not take it).
+        # MLflow warns about pickle for any non-pt2 format; a TorchScript archive is what makes
+        # the model loadable without this project's code (pt2 does not take it).
+        with warnings.catch_warnings(), quiet_logger("mlflow.pytorch"):
             warnings.simplefilter("ignore")
             mlflow.pytorch.save_model(
                 scripted, str(Path(tmp) / MODEL_ARTIFACT), signature=generator_signature(
@@ -265,6 +267,17 @@ def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset
 
 
 MODEL_ARTIFACT = "generator"  # the MLflow model in every run: runs:/<run_id>/generator
+
+
+@contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def generator_signature(latent_dim: int, out_dim: int) -> Any:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as L
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -192,3 +193,51 @@ def test_missing_data_logs_nothing(tiny_config, store_uri: str, tmp_path: Path) 
     with pytest.raises(DataError):
         fit(tiny_config("data.name=fashion_mnist", f"data.root={tmp_path / 'nothing'}"))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+class KillAtEpoch(L.Callback):
+    """Ctrl-C at the start of an epoch, after the previous epoch's checkpoint was written."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_killed_training_resumes_to_the_same_result(tiny_config, store_uri: str) -> None:
+    """Weights, optimizer and schedule states, the EMA, step counters and the RNG all come back:
+    a run killed after 2 of 4 epochs and resumed ends with the uninterrupted run's metrics, in
+    the same MLflow run, and its checkpoint is gone once it finishes."""
+    from pipeline.checkpoint import checkpoint_path
+
+    cfg = tiny_config("train.epochs=4", "train.ema_decay=0.9", "train.lr_decay_start=0.5",
+                      "train.n_critic=2")
+    whole = fit(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, checkpoint=True, callbacks=[KillAtEpoch(2)])
+    client = MlflowClient(tracking_uri=store_uri)
+    killed = client.search_runs(["1"], filter_string="attributes.status = 'KILLED'")
+    assert len(killed) == 1
+    run_id = killed[0].info.run_id
+    assert checkpoint_path(run_id).exists()
+    assert [m.step for m in client.get_metric_history(run_id, "val/fid")] == [1, 2]
+
+    resumed = fit(cfg, resume=run_id)
+    assert resumed.run_id == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    timing = "val/eval_seconds"
+    assert {k: v for k, v in resumed.metrics.items() if k != timing} == {
+        k: v for k, v in whole.metrics.items() if k != timing}
+    assert resumed.history["val/fid"] == whole.history["val/fid"]
+    assert [m.step for m in client.get_metric_history(run_id, "val/fid")] == [1, 2, 3, 4]
+    assert not checkpoint_path(run_id).exists()
+
+
+def test_resume_errors(tiny_config, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--resume", "0123abcd"]) == 2
+    assert "--resume 0123abcd: no checkpoint at runs/checkpoints/0123abcd.ckpt" in (
+        capsys.readouterr().err)
+    assert main(["train", "--resume", "0123abcd", "train.epochs=3"]) == 2
+    assert "give no --config or key=value with it" in capsys.readouterr().err

@@ -49,13 +49,12 @@ class BudgetSpec:
     timeout: float | None = None  # seconds, per invocation
     epochs: int | None = None  # epochs per trial; overrides train.epochs of the base
     # A study whose trials keep failing stops instead of running away: after this many failed
-    # trials in a row, or this many in all (null = n_trials).
+    # trials in a row, or this many in all (null = as many as the trials asked for).
     max_consecutive_failures: int = 5
     max_failures: int | None = None
 
-    @property
-    def failure_cap(self) -> int:
-        return self.max_failures if self.max_failures is not None else self.n_trials
+    def failure_cap(self, target: int) -> int:
+        return self.max_failures if self.max_failures is not None else target
 
 
 @dataclass
@@ -170,7 +169,7 @@ def _check_spec(spec: StudySpec) -> None:
     check_choice("pruner.name", spec.pruner.name, PRUNERS)
     for key, value in (("budget.n_trials", spec.budget.n_trials),
                        ("budget.max_consecutive_failures", spec.budget.max_consecutive_failures),
-                       ("budget.max_failures", spec.budget.failure_cap),
+                       ("budget.max_failures", spec.budget.failure_cap(1)),
                        ("objective.last_k", spec.objective.last_k),
                        ("pruner.reduction_factor", spec.pruner.reduction_factor - 1),
                        ("pruner.min_resource", spec.pruner.min_resource),

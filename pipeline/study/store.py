@@ -57,7 +57,7 @@ def open_storage(url: str, *, on_stale: Callable[[optuna.Study, optuna.trial.Fro
     if "://" in url:
         heartbeat: dict[str, Any] = {} if on_stale is None else dict(
             heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-            failed_trial_callback=on_stale)
+            heartbeat_stale_trial_callback=on_stale)
         return _rdb_storage(url, **heartbeat)
     path = Path(url)
     if path.is_dir():
@@ -122,8 +122,11 @@ def _rdb_storage(url: str, attempts: int = 5, **kwargs: Any) -> optuna.storages.
         except races as exc:
             # Machines starting together on an empty database race to create Optuna's tables
             # and stamp their version (a duplicate key on alembic_version, seen with two
-            # machines on PostgreSQL); on the next try the loser finds them made.
-            if attempt == attempts - 1:
+            # machines on PostgreSQL); on the next try the loser finds them made. A server
+            # that does not answer is no race: no point in waiting for it.
+            lost_race = not isinstance(exc, sqlalchemy.exc.OperationalError) or (
+                "already exists" in str(exc))
+            if attempt == attempts - 1 or not lost_race:
                 raise ConfigError(f"--storage {mask_url(url)}: cannot open the database "
                                   f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
             time.sleep(1.0 + attempt)

@@ -138,7 +138,8 @@ def run_sweep(
     parent = parent_run.ensure(study, defn, uri, url, created=created)
     threads = max(1, (os.cpu_count() or 1) // workers)
     budget = defn.spec.budget
-    guard = FailureGuard(budget.max_consecutive_failures, budget.failure_cap, len(study.trials))
+    guard = FailureGuard(budget.max_consecutive_failures, budget.failure_cap(target),
+                         len(study.trials))
     args = [WorkerArgs(defn, url, target, guard, created, i, parent, uri, threads,
                        budget.timeout, quiet=progress, parent_pid=os.getpid())
             for i in range(workers)]
@@ -173,11 +174,20 @@ def check_reachable(uri: str) -> None:
     """MLflow must answer before a study is created, or the study would have no parent run."""
     from pipeline.config import ConfigError
 
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    saved = {k: os.environ.get(k) for k in quick}
+    os.environ.update(quick)  # a server that is down: say so in seconds, not minutes
     try:
         get_client(uri).search_experiments(max_results=1)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"MLflow at {mask_secrets(uri)} does not answer: {first}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 class StaleRunCloser:
