@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = str(exc) or "Ctrl-C"
         print(f"stopped ({what}); runs in progress ended KILLED. Run the same command to "
               f"resume.", file=sys.stderr)
-        return 128 + (signal.SIGTERM if "SIGTERM" in what else signal.SIGINT)
+        return 128 + (signal.SIGINT if what in ("Ctrl-C", "SIGINT") else signal.SIGTERM)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -177,9 +177,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(args.resume)
     else:
         cfg = load_config(args.config, args.overrides)
+    from pipeline.interrupt import stop_on_signals
     from pipeline.train import fit  # heavy imports only once the config is known to be valid
 
-    result = fit(cfg, checkpoint=True, resume=args.resume)
+    with stop_on_signals():  # SIGTERM too ends the run KILLED, its checkpoint kept for --resume
+        result = fit(cfg, checkpoint=True, resume=args.resume)
     print(f"MLflow run: {result.run_id}")
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0

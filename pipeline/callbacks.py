@@ -16,10 +16,23 @@ from typing import Any
 import lightning.pytorch as L
 from mlflow.entities import Metric
 
+from pipeline import interrupt
 from pipeline.data import Dataset
 from pipeline.module import GANModule
 from pipeline.plots import samples_figure
 from pipeline.tracking import RunLogger, now_ms
+
+
+class StopOnRequest(L.Callback):
+    """Honours a stop requested by a signal (pipeline.interrupt) at safe points: after each
+    chunk of steps and after each evaluation has been logged."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        interrupt.check()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        interrupt.check()
 
 
 class MlflowMetrics(L.Callback):

@@ -1,19 +1,26 @@
-"""Process-wide logging and warning settings, applied by the entry points (CLI, study workers).
+"""Process-wide logging and warning settings, applied by the entry points (CLI, study workers,
+re-evaluation workers, the benchmark).
 
 Kept out of the library modules: importing pipeline.train must not change a caller's logging.
+Lightning and MLflow set their loggers' levels when they are imported, so the settings are made
+after importing them (MLflow reads its level from the environment at import).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 
 def quiet_libraries() -> None:
+    # MLflow announces every store it opens ("Creating initial MLflow database tables...").
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    import lightning.pytorch  # noqa: F401  (sets its logger's level on import)
+
     # Lightning prints device and model banners for every fit; a study runs hundreds of fits.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
-    # MLflow announces every store it opens ("Creating initial MLflow database tables...").
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # Lightning 2.6 trips over its own deprecation on every fit; nothing for a user to act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

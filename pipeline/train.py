@@ -26,7 +26,7 @@ import lightning.pytorch as L
 import torch
 import yaml
 
-from pipeline.callbacks import MlflowMetrics
+from pipeline.callbacks import MlflowMetrics, StopOnRequest
 from pipeline.checkpoint import EpochCheckpoint, checkpoint_path, resume_config
 from pipeline.config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig
 from pipeline.data import DATASETS, Dataset, TensorBatches, load_dataset
@@ -112,7 +112,8 @@ def fit(
         saver = EpochCheckpoint(run.run_id, cfg) if checkpoint else None
         # tracker first: it logs an evaluation before a pruning callback raises; the
         # checkpoint last: it saves what the others logged
-        trainer = make_trainer(cfg, device, [tracker, *callbacks, *([saver] if saver else [])])
+        trainer = make_trainer(cfg, device, [tracker, *callbacks, *([saver] if saver else []),
+                                             StopOnRequest()])
         run_trainer(trainer, module, train_batches, eval_batches,
                     ckpt_path=None if resume is None else str(checkpoint_path(resume)))
 
@@ -179,14 +180,17 @@ def run_trainer(trainer: L.Trainer, module: GANModule, train_batches: TensorBatc
     try:
         trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=eval_batches,
                     ckpt_path=ckpt_path)
-    except SystemExit:
-        # Lightning turns Ctrl-C into sys.exit(1) and ignores SIGINT from then on: restore
-        # Ctrl-C and report it as what it was, so the run ends KILLED rather than FAILED.
+    except SystemExit as exc:
+        # Lightning turns Ctrl-C (any KeyboardInterrupt) into sys.exit(1) and ignores SIGINT
+        # from then on: restore Ctrl-C and re-raise the interrupt itself (it may name the
+        # signal), so the run ends KILLED rather than FAILED.
         if not trainer.interrupted:
             raise
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        raise KeyboardInterrupt from None
+        interrupt = exc.__context__
+        raise (interrupt if isinstance(interrupt, KeyboardInterrupt)
+               else KeyboardInterrupt()) from None
 
 
 def default_device(accelerator: str) -> str:

@@ -22,7 +22,7 @@ FLOORS: list[list[str]] = [
     ["pipeline.config"],
     # the registries (what config validates against) and leaf utilities
     ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.metrics",
-     "pipeline.plots", "pipeline.logs", "pipeline"],
+     "pipeline.plots", "pipeline.logs", "pipeline.interrupt", "pipeline"],
 ]
 STUDY_ORDER = ["space", "spec", "store", "objective", "parent_run", "sweep"]
 

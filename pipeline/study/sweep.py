@@ -15,15 +15,13 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 import torch
 from optuna.study import MaxTrialsCallback
 
+from pipeline import interrupt
 from pipeline.config import Config
 from pipeline.study import parent_run
 from pipeline.study.objective import Objective
@@ -105,10 +103,6 @@ class SweepSummary:
     seconds: float
 
 
-class Stopped(KeyboardInterrupt):
-    """The study was asked to stop (Ctrl-C, SIGTERM to this process or to a worker)."""
-
-
 STOPPED_EXIT = 3  # a worker's exit code when it was stopped by a signal, not by an error
 
 
@@ -147,7 +141,7 @@ def run_sweep(
     client = get_client(uri)
     monitor = Progress(study, target) if progress else None
     try:
-        with stop_on_sigterm():
+        with interrupt.stop_on_signals():
             if workers == 1:
                 worker_main(args[0])
             else:
@@ -225,23 +219,6 @@ def kill_trial_run(uri: str, trial: optuna.trial.FrozenTrial, reason: str) -> No
                                                      "optuna_state": "FAIL"})
 
 
-@contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM stops the study the way Ctrl-C does (workers stopped, runs KILLED)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: Any) -> None:
-        raise Stopped(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_workers(args: list[WorkerArgs], study_name: str) -> None:
     """Start the workers and wait for them. A worker stopped by a signal stops the whole study;
     stopping this process stops every worker (and a worker whose parent dies stops itself)."""
@@ -253,27 +230,26 @@ def run_workers(args: list[WorkerArgs], study_name: str) -> None:
         for p in procs:
             p.start()
         running = list(procs)
-        while running:
-            multiprocessing.connection.wait([p.sentinel for p in running])
+        while running and not stopped:
+            multiprocessing.connection.wait([p.sentinel for p in running], timeout=1.0)
             for p in [p for p in running if not p.is_alive()]:
                 running.remove(p)
                 if p.exitcode == STOPPED_EXIT or (p.exitcode or 0) < 0:
-                    stopped = p.name
-            if stopped:
-                break
+                    stopped = f"{p.name} was stopped by a signal"
+            stopped = stopped or interrupt.requested()
     finally:
         # If this process is stopped (Ctrl-C, SIGTERM, a crash) or a worker was, stop the
         # others rather than leave them writing to the study; they end their runs KILLED.
         for p in procs:
             if p.is_alive():
-                p.terminate()
+                p.terminate()  # a stop request: each ends its trial at its next safe point
         for p in procs:
             p.join(timeout=60)
             if p.is_alive():
                 p.kill()
                 p.join()
     if stopped:
-        raise Stopped(f"{stopped} was stopped")
+        raise interrupt.Stopped(stopped)
     failed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode != 0]
     if failed:
         raise RuntimeError(f"study {study_name}: {', '.join(failed)} exited with an error")
@@ -284,11 +260,8 @@ def worker_process(args: WorkerArgs) -> None:
     FAIL, and the process exits with STOPPED_EXIT, quietly. It also stops if its parent dies."""
     from pipeline.logs import quiet_libraries
 
-    def stop(signum: int, frame: Any) -> None:
-        raise Stopped(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, interrupt.request_stop)
+    signal.signal(signal.SIGINT, interrupt.request_stop)
     _die_with_parent(args.parent_pid)
     quiet_libraries()
     try:
@@ -324,8 +297,10 @@ def worker_main(args: WorkerArgs) -> None:
     objective = Objective(defn, args.parent_run_id, args.tracking_uri, args.threads, device)
     if len(finished_trials(study)) < args.target:
         stop = MaxTrialsCallback(args.target, states=FINISHED_STATES)  # counts every worker's
-        study.optimize(objective, timeout=args.timeout, callbacks=[stop, args.guard],
+        study.optimize(objective, timeout=args.timeout,
+                       callbacks=[stop, args.guard, stop_between_trials],
                        catch=(Exception,), gc_after_trial=False)
+        interrupt.check()
     parent_run.report(study, args.parent_run_id, args.tracking_uri, defn)
 
 
@@ -338,6 +313,11 @@ def seed_offset(creator: bool, index: int, n_trials: int) -> int:
         return 1000 * index + n_trials
     entropy = f"{socket.gethostname()}/{os.getpid()}/{index}/{n_trials}/{time.time_ns()}"
     return 1 + int.from_bytes(hashlib.sha256(entropy.encode()).digest()[:4], "big")
+
+
+def stop_between_trials(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    if interrupt.requested():
+        study.stop()
 
 
 def worker_device(base: Config, index: int) -> str:
