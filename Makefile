@@ -9,13 +9,15 @@ TRIALS ?=
 # Two 1-thread workers ran ~2.2x the iterations/s of one 2-thread process on 2 cores.
 WORKERS ?= 2
 TOP ?= 5
+FORMAT ?= table
+SEEDS ?= 5
 PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 PYTEST_ARGS ?=
 
 SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS)
 
-.PHONY: help install sweep train test test-slow lint typecheck compare export ui dashboard clean
+.PHONY: help install sweep train test test-slow lint compare export reeval bench ui dashboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,11 +49,17 @@ lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-compare: $(STAMP) ## top-K trials of a study: make compare [STUDY=grid25] [TOP=5]
-	$(PY) -m pipeline compare --study $(STUDY) --top $(TOP)
+compare: $(STAMP) ## top-K trials: make compare [STUDY=grid25] [TOP=5] [FORMAT=table|markdown|csv|json]
+	$(PY) -m pipeline compare --study $(STUDY) --top $(TOP) --format $(FORMAT)
 
 export: $(STAMP) ## export the best trial's generator: make export [STUDY=grid25]
 	$(PY) -m pipeline export --study $(STUDY)
+
+reeval: $(STAMP) ## retrain a study's best config on fresh seeds: make reeval [STUDY=grid25] [SEEDS=5]
+	$(PY) -m pipeline reeval --study $(STUDY) --seeds $(SEEDS) --workers $(WORKERS)
+
+bench: $(STAMP) ## the performance benchmark (~25 min, a quiet machine): bench/results.json
+	$(PY) -m pipeline.bench --out bench
 
 ui: $(STAMP) ## MLflow UI on the project's store, http://127.0.0.1:$(PORT)
 	$(PY) -m pipeline ui --port $(PORT)

@@ -13,8 +13,9 @@ Writes ``bench/results.json`` (the keys below) and ``bench/results.md``, and pri
 - ``startup_seconds``: a trial's fixed cost outside Lightning's fit loop, in a running worker.
 - ``workers_speedup``: trials/hour of a small study with 2 worker processes over 1, from trial
   timestamps (steady state: a worker's one-off imports are not a per-trial cost).
-- ``pruning``: epochs a pruned study spends over the same study unpruned (same random-sampler
-  seed, so both try the same settings), and the ratio of their best objectives.
+- ``pruning``: epochs the grid25 study (its pruner, epochs and search space; short epochs) spends
+  over the same study unpruned (same random-sampler seed, so both try the same settings), and
+  the ratio of their best objectives.
 - ``gflops``: achieved GFLOP/s of the project's training step at the image size (counted from
   the layer sizes, both threads) and the machine's large-matmul peak measured in this run.
 
@@ -43,7 +44,7 @@ import optuna
 import torch
 
 from pipeline import train as train_module
-from pipeline.callbacks import MlflowMetrics
+from pipeline.callbacks import MlflowMetrics, StopOnRequest
 from pipeline.config import PROJECT_ROOT, Config, config_from_dict
 from pipeline.data import Dataset, TensorBatches
 from pipeline.logs import quiet_libraries
@@ -87,18 +88,19 @@ class Sizes:
     reps: int  # interleaved repetitions (after one warm-up each)
     trial_epochs: dict[str, int]  # epochs of a benchmarked trial (images: of the full data)
     trial_steps: dict[str, int | None]  # steps per epoch (None = the study's own)
-    study: dict[str, int]  # n_trials, epochs, steps of the workers and pruning studies
+    study: dict[str, int]  # sizes of the workers and pruning studies
     gflops_steps: int
     images: str  # the image dataset: fashion_mnist, or digits in quick mode
 
 
-FULL = Sizes({"grid25": 2000, "images": 300}, 3, {"grid25": 32, "images": 2},
+FULL = Sizes({"grid25": 2000, "images": 200}, 5, {"grid25": 32, "images": 2},
              {"grid25": None, "images": None},
-             {"n_trials": 16, "epochs": 12, "steps": 100, "worker_trials": 8},
-             200, "fashion_mnist")
+             {"n_trials": 16, "pruning_steps": 20, "epochs": 4, "steps": 100,
+              "worker_trials": 8}, 150, "fashion_mnist")
 QUICK = Sizes({"grid25": 40, "images": 10}, 1, {"grid25": 2, "images": 1},
               {"grid25": 10, "images": 5},
-              {"n_trials": 4, "epochs": 2, "steps": 5, "worker_trials": 2}, 5, "digits")
+              {"n_trials": 3, "pruning_steps": 2, "pruning_epochs": 4, "epochs": 2, "steps": 5,
+               "worker_trials": 2}, 5, "digits")
 
 
 # --- configurations ------------------------------------------------------------------------------
@@ -155,6 +157,8 @@ class PlainGAN:
         self.loss = LOSSES[t.loss]
         self.gp_weight, self.n_critic = t.gp_weight, t.n_critic
         self.d_params = list(self.d.parameters())
+        self.joint = not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                             for m in self.d.modules())
         self.ema: list[torch.Tensor] | None = None
         self.ema_decay = t.ema_decay
         if t.ema_decay > 0:
@@ -171,7 +175,11 @@ class PlainGAN:
         n = len(real)
         with torch.no_grad():
             fake = self.g(torch.randn(n, self.z_dim, device=self.device))
-        d_loss = self.loss.d_loss(self.d(real), self.d(fake))
+        if self.joint:  # one pass of D over real and fake (no BatchNorm to mix them)
+            real_logits, fake_logits = self.d(torch.cat([real, fake])).split([n, n])
+        else:
+            real_logits, fake_logits = self.d(real), self.d(fake)
+        d_loss = self.loss.d_loss(real_logits, fake_logits)
         if self.loss.penalty is not None:
             d_loss = d_loss + self.gp_weight * self.loss.penalty(self.d, real, fake)
         self.opt_d.zero_grad(set_to_none=True)
@@ -241,7 +249,8 @@ def plain_trial(cfg: Config, evaluator: Evaluator) -> float:
 
 
 def project_train(cfg: Config, steps: int) -> float:
-    """Seconds for ``steps`` GAN steps of the module in its Trainer, as a sweep runs it."""
+    """Seconds for ``steps`` GAN steps of the module in its Trainer, as a sweep runs it: the fit
+    loop's time (Lightning's one-off set-up is a trial's fixed cost: startup_seconds)."""
     dataset = cached_dataset(cfg.data, cfg.train.seed)
     cfg = with_train(cfg, epochs=1)
     module = build_module(cfg, dataset, evaluator=None, steps_per_epoch=steps)
@@ -250,10 +259,10 @@ def project_train(cfg: Config, steps: int) -> float:
     uri = cfg.tracking.tracking_uri or ""
     with mlflow_run(uri, cfg.tracking.experiment, run_name="bench train") as run:
         tracker = MlflowMetrics(run, dataset, sample_every_n_epochs=cfg.train.sample_every_n_epochs)
-        trainer = make_trainer(cfg, "cpu", [tracker])
-        start = time.perf_counter()
+        stopwatch = Stopwatch()
+        trainer = make_trainer(cfg, "cpu", [tracker, StopOnRequest(), stopwatch])
         trainer.fit(module, train_dataloaders=batches)
-        return time.perf_counter() - start
+        return stopwatch.fit_seconds
 
 
 class Stopwatch(L.Callback):
@@ -370,27 +379,26 @@ def project_trial(cfg: Config, tmp: Path, name: str) -> TrialTiming:
 # --- studies -----------------------------------------------------------------------------------
 
 
-def small_study(sizes: Sizes, tmp: Path, *, pruner: dict[str, Any], name: str,
-                n_trials: int, sampler: str = "random") -> StudyDefinition:
-    """grid25 at the study's setting, a short budget, searching learning rates and widths."""
-    base = study_config("grid25", {"train": {"steps_per_epoch": sizes.study["steps"]}}, tmp)
-    text = json.dumps({
-        "name": name,
-        "base": base.to_dict(),
-        "budget": {"n_trials": n_trials, "epochs": sizes.study["epochs"]},
-        "objective": {"metric": "val/coverage", "direction": "maximize", "last_k": 3},
-        "sampler": {"name": sampler, "seed": 0},
-        "pruner": pruner,
-        "search_space": {
-            "model.g_width": {"type": "categorical", "choices": [64, 128, 256]},
-            "model.d_width": {"type": "categorical", "choices": [64, 128, 256]},
-            "model.g_layers": {"type": "int", "low": 2, "high": 3},
-            "model.d_layers": {"type": "int", "low": 2, "high": 3},
-            "train.g_lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-            "train.d_lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-        },
-    })
-    return parse_study(text, default_name=name)
+def study_definition(sizes: Sizes, tmp: Path, *, name: str, pruner: dict[str, Any] | None,
+                     n_trials: int, epochs: int | None, steps: int) -> StudyDefinition:
+    """The grid25 study (its base config, search space, objective and, unless replaced, its
+    pruner) with short epochs, a random sampler (so that two such studies try the same settings
+    in the same order) and a temporary store."""
+    import yaml
+
+    from pipeline.study.spec import load_study_file
+
+    shipped = load_study_file(PROJECT_ROOT / "studies" / "grid25.yaml")
+    raw = yaml.safe_load(shipped.text)
+    base = shipped.base.to_dict()
+    base["train"]["steps_per_epoch"] = steps
+    base["tracking"].update(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="bench")
+    raw.update(name=name, base=base, config=None, enqueue=[],
+               budget={"n_trials": n_trials, "epochs": epochs or base["train"]["epochs"]},
+               sampler={"name": "random", "seed": 0})
+    if pruner is not None:
+        raw["pruner"] = pruner
+    return parse_study(json.dumps(raw), default_name=name)
 
 
 def trials_per_hour(study: optuna.Study) -> float:
@@ -401,10 +409,12 @@ def trials_per_hour(study: optuna.Study) -> float:
 
 
 def workers_speedup(sizes: Sizes, tmp: Path) -> dict[str, float]:
+    """Trials per hour of one study with 1 worker (both threads) and with 2 (one each)."""
     rates = {}
     for workers in (1, 2):
-        defn = small_study(sizes, tmp, pruner={"name": "none"}, name=f"workers{workers}",
-                           n_trials=sizes.study["worker_trials"])
+        defn = study_definition(sizes, tmp, name=f"workers{workers}", pruner={"name": "none"},
+                                n_trials=sizes.study["worker_trials"],
+                                epochs=sizes.study["epochs"], steps=sizes.study["steps"])
         journal = str(tmp / f"workers{workers}.journal")
         run_sweep(defn, workers=workers, storage=journal, progress=False)
         rates[workers] = trials_per_hour(optuna.load_study(study_name=defn.name,
@@ -413,15 +423,13 @@ def workers_speedup(sizes: Sizes, tmp: Path) -> dict[str, float]:
 
 
 def pruning(sizes: Sizes, tmp: Path) -> dict[str, float]:
-    """The grid25 study's pruner on a short study, against no pruner, same sampler seed."""
-    from pipeline.study.spec import load_study_file
-
-    pruner = load_study_file(PROJECT_ROOT / "studies" / "grid25.yaml").spec.pruner
-    pruner_dict = dict(vars(pruner))
+    """The grid25 study as shipped (its epochs, search space and pruner) against the same study
+    unpruned, both trying the same random settings; epochs shortened to a few steps each."""
     results = {}
-    for label, spec in (("pruned", pruner_dict), ("unpruned", {"name": "none"})):
-        defn = small_study(sizes, tmp, pruner=spec, name=f"pruning-{label}",
-                           n_trials=sizes.study["n_trials"])
+    for label, pruner in (("pruned", None), ("unpruned", {"name": "none"})):
+        defn = study_definition(sizes, tmp, name=f"pruning-{label}", pruner=pruner,
+                                n_trials=sizes.study["n_trials"], epochs=sizes.study.get(
+                                    "pruning_epochs"), steps=sizes.study["pruning_steps"])
         journal = str(tmp / f"{label}.journal")
         run_sweep(defn, workers=1, storage=journal, progress=False)
         study = optuna.load_study(study_name=defn.name, storage=open_storage(journal))
@@ -476,14 +484,16 @@ def matmul_peak(seconds: float = 3.0) -> float:
 
 
 def interleaved(variants: dict[str, Callable[[], float]], reps: int) -> dict[str, float]:
-    """Median seconds of each variant, run A B A B ... after one warm-up each."""
+    """Seconds of each variant, run A B A B ... after one warm-up each: the fastest of its
+    repetitions. On a shared machine another process only ever slows a run down (by 10% and
+    more here, from one run to the next), so the minimum is the cost of the code itself."""
     for run in variants.values():
         run()
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
         for name, run in variants.items():
             times[name].append(run())
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: min(values) for name, values in times.items()}
 
 
 def run(sizes: Sizes, out_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:

@@ -151,6 +151,11 @@ class EvalConfig:
     n_samples: int = 2500  # PacGAN's protocol for the mixtures
     every_n_epochs: int = 1
     metrics: list[str] | None = None  # None = every metric that applies to the dataset
+    # Light evaluations between full ones: null = every metric at every evaluation; N = all of
+    # them every N epochs and at the last, the others only the main metrics and `always` (a
+    # study adds its objective metric). PRDC, KID and NDB cost seconds on 10,000 images.
+    full_every_n_epochs: int | None = None
+    always: list[str] = field(default_factory=list)
     cache_dir: str = "runs/cache"  # the FID feature classifiers are trained once and kept here
 
     def validate(self) -> None:
@@ -158,6 +163,10 @@ class EvalConfig:
         check_range("eval.every_n_epochs", self.every_n_epochs, 1, 1_000_000)
         for name in self.metrics or ():
             check_choice("eval.metrics", name, METRICS)
+        for name in self.always:
+            check_choice("eval.always", name, self.metrics or METRICS)
+        if self.full_every_n_epochs is not None:
+            check_range("eval.full_every_n_epochs", self.full_every_n_epochs, 1, 1_000_000)
 
 
 @dataclass
@@ -165,6 +174,7 @@ class TrackingConfig:
     tracking_uri: str | None = None  # None = $MLFLOW_TRACKING_URI, else sqlite:///runs/mlflow.db
     experiment: str = "fcgan"
     log_weights: bool = True
+    system_metrics: bool = True  # MLflow's CPU/memory/disk samples (system/*), every 10 s
 
     def validate(self) -> None:
         if not self.experiment:

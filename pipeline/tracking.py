@@ -203,6 +203,7 @@ def mlflow_run(
     tags: Mapping[str, Any] | None = None,
     ended_by: Mapping[type[BaseException], Ending] | None = None,
     run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[RunLogger]:
     """Open a run (or reopen ``run_id`` to continue it) and always close it with a status.
 
@@ -212,6 +213,7 @@ def mlflow_run(
     exception propagates.
     """
     client = get_client(uri)
+    resumed = run_id is not None
     if run_id is None:
         run_id = start_run(client, experiment, run_name=run_name, parent_run_id=parent_run_id,
                            tags=tags)
@@ -220,9 +222,12 @@ def mlflow_run(
     logger = RunLogger(client, run_id)
     endings: dict[type[BaseException], Ending] = {KeyboardInterrupt: Ending("KILLED")}
     endings.update(ended_by or {})
+    monitor = start_system_metrics(uri, run_id, resume=resumed) if system_metrics else None
     try:
         yield logger
     except BaseException as exc:
+        if monitor is not None:
+            monitor.finish()
         for exc_type, ending in endings.items():
             if isinstance(exc, exc_type):
                 close_run(logger, ending.status, dict(ending.tags))
@@ -231,7 +236,19 @@ def mlflow_run(
             close_run(logger, "FAILED", {"error": f"{type(exc).__name__}: {exc}"})
         raise
     else:
+        if monitor is not None:
+            monitor.finish()
         client.set_terminated(logger.run_id, "FINISHED")
+
+
+def start_system_metrics(uri: str, run_id: str, *, resume: bool) -> Any:
+    """MLflow's own system-metrics monitor (a thread sampling CPU, memory and disk every 10 s
+    into system/* metrics), on this run of this store."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 def close_run(logger: RunLogger, status: str, tags: dict[str, str]) -> None:

@@ -30,14 +30,14 @@ from pipeline.callbacks import MlflowMetrics, StopOnRequest
 from pipeline.checkpoint import EpochCheckpoint, checkpoint_path, resume_config
 from pipeline.config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig
 from pipeline.data import DATASETS, Dataset, TensorBatches, load_dataset
-from pipeline.metrics import Evaluator, check_settings
+from pipeline.metrics import MAIN_METRICS, Evaluator, check_settings
 from pipeline.module import GANModule
 from pipeline.networks import Discriminator, Generator, count_parameters
 from pipeline.tracking import Ending, RunLogger, get_client, mlflow_run, tracking_uri
 
 # GAN steps per Lightning batch: Lightning's loop costs ~0.7 ms per batch, paid once per chunk.
 # Results do not depend on it (every per-step rule runs inside the training step).
-STEPS_PER_BATCH = 32
+STEPS_PER_BATCH = 64
 
 
 @dataclass
@@ -96,7 +96,8 @@ def fit(
     }
     uri = tracking_uri(cfg.tracking.tracking_uri)
     with mlflow_run(uri, cfg.tracking.experiment, run_name=run_name, parent_run_id=parent_run_id,
-                    tags=run_tags, ended_by=ended_by, run_id=resume) as run:
+                    tags=run_tags, ended_by=ended_by, run_id=resume,
+                    system_metrics=cfg.tracking.system_metrics) as run:
         if on_run_start is not None:
             on_run_start(run.run_id)
         if resume is None:
@@ -154,6 +155,8 @@ def build_module(cfg: Config, dataset: Dataset, evaluator: Evaluator | None, *,
         g_betas=t.g_betas, d_betas=t.d_betas, ema_decay=t.ema_decay,
         lr_decay_start=t.lr_decay_start, total_steps=t.epochs * steps_per_epoch,
         log_every_n_steps=t.log_every_n_steps, evaluator=evaluator,
+        full_every_n_epochs=cfg.eval.full_every_n_epochs,
+        light_metrics={*MAIN_METRICS, *cfg.eval.always},
         n_picture=64 if dataset.is_images else cfg.eval.n_samples, seed=t.seed,
     )
 

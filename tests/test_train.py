@@ -241,3 +241,20 @@ def test_resume_errors(tiny_config, capsys: pytest.CaptureFixture[str]) -> None:
         capsys.readouterr().err)
     assert main(["train", "--resume", "0123abcd", "train.epochs=3"]) == 2
     assert "give no --config or key=value with it" in capsys.readouterr().err
+
+
+def test_light_evaluations_between_full_ones(tiny_config, store_uri: str) -> None:
+    """full_every_n_epochs=2 over 3 epochs: every metric at epochs 2 and 3 (the last), only the
+    main metrics and eval.always at epoch 1."""
+    result = fit(tiny_config("train.epochs=3", "eval.full_every_n_epochs=2",
+                             "eval.always=[kid]"))
+    client = MlflowClient(tracking_uri=store_uri)
+
+    def steps(name: str) -> list[int]:
+        return [m.step for m in client.get_metric_history(result.run_id, f"val/{name}")]
+
+    for name in ("fid", "modes_covered", "high_quality", "reverse_kl", "kid"):
+        assert steps(name) == [1, 2, 3], name
+    for name in ("precision", "recall", "density", "coverage"):
+        assert steps(name) == [2, 3], name
+    assert set(result.metrics) >= {"val/kid", "val/coverage"}  # the final checkpoint: all

@@ -67,8 +67,9 @@ class Evaluator:
         subset = real_feats[pick[: self.n_samples].to(self.device)]
         reference = Reference(dataset, real_feats, subset, seed)
         wanted = set(self.metrics)
-        self._scorers: list[Scorer] = [family.prepare(reference) for family in registry.FAMILIES
-                                       if wanted & set(family.names)]
+        self._scorers: list[tuple[set[str], Scorer]] = [
+            (set(family.names), family.prepare(reference))
+            for family in registry.FAMILIES if wanted & set(family.names)]
 
     @torch.no_grad()
     def _embed(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -79,8 +80,9 @@ class Evaluator:
         return feats, logits
 
     @torch.no_grad()
-    def evaluate(self, fake: Tensor) -> dict[str, float]:
-        """Every requested metric for generated samples ``fake`` of shape (N, D), N >= 10."""
+    def evaluate(self, fake: Tensor, only: set[str] | None = None) -> dict[str, float]:
+        """Every requested metric for generated samples ``fake`` of shape (N, D), N >= 10; with
+        ``only``, just the families that compute one of those (a light evaluation)."""
         if fake.ndim != 2 or fake.shape[1] != self.dim:
             raise ValueError(
                 f"expected fake samples of shape (N, {self.dim}), got {tuple(fake.shape)}"
@@ -93,6 +95,7 @@ class Evaluator:
         head = slice(0, self.n_samples)
         fakes = Fakes(feats, feats[head], None if logits is None else logits[head])
         out: dict[str, float] = {}
-        for score in self._scorers:
-            out.update(score(fakes))
-        return {name: out[name] for name in self.metrics}
+        for names, score in self._scorers:
+            if only is None or names & only:
+                out.update(score(fakes))
+        return {name: out[name] for name in self.metrics if name in out}

@@ -11,6 +11,7 @@ import math
 import optuna
 
 from pipeline.config import Config, config_from_dict
+from pipeline.metrics.registry import EVAL_SECONDS, VAL_PREFIX
 from pipeline.study.space import sample
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import ERROR_ATTR, OWNER_ATTR, RUN_ATTR, this_worker
@@ -47,6 +48,10 @@ class Objective:
         nested, sampled = sample(trial, self.defn.space, self.defn.base.to_dict())
         nested["train"].update(progress_bar=False, threads=self.threads)
         nested["tracking"]["tracking_uri"] = self.uri
+        # The objective's metric at every evaluation, light ones too: the pruner reads it.
+        objective_name = self.defn.spec.objective.metric.removeprefix(VAL_PREFIX)
+        if objective_name != EVAL_SECONDS and objective_name not in nested["eval"]["always"]:
+            nested["eval"]["always"] = [*nested["eval"]["always"], objective_name]
         cfg = config_from_dict(nested)
         metric = self.defn.spec.objective.metric
         # Reports every evaluation to Optuna (the dashboard's intermediate values) and asks the
