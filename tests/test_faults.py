@@ -288,7 +288,8 @@ def test_a_nan_objective_fails_trial_and_run(study_env: tuple[str, str],
 
     real = evaluator.Evaluator.evaluate
     monkeypatch.setattr(evaluator.Evaluator, "evaluate",
-                        lambda self, fake: {**real(self, fake), "fid": float("nan")})
+                        lambda self, fake, only=None: {**real(self, fake, only),
+                                                             "fid": float("nan")})
     defn = parse_study(SMOKE.read_text().replace("n_trials: 4, epochs: 3", "n_trials: 1, "
                                                  "epochs: 3, max_consecutive_failures: 1"),
                        default_name="smoke")

@@ -67,9 +67,20 @@ def test_bce_matches_torch() -> None:
     assert torch.allclose(losses.LOSSES["bce"].g_loss(f), bce(f, torch.ones(16)))
 
 
-def test_only_wgan_gp_has_a_penalty() -> None:
-    assert losses.losses_with_penalty() == ["wgan-gp"]
+def test_the_losses_with_a_penalty() -> None:
+    assert losses.losses_with_penalty() == ["bce-r1", "hinge-r1", "wgan-gp"]
     assert losses.LOSSES["wgan-gp"].penalty is losses.gradient_penalty
+
+
+def test_r1_penalty_is_half_the_squared_gradient_norm() -> None:
+    # D(x) = x . w has gradient w everywhere: R1 = |w|^2 / 2, whatever the samples.
+    w = torch.tensor([3.0, 4.0])
+    r1 = losses.r1_penalty(lambda x: x @ w, torch.randn(16, 2), torch.randn(16, 2))
+    assert r1.item() == pytest.approx(12.5)
+    # with packing (D sees 2 samples as one row), the norm covers each sample's own gradient
+    packed = losses.r1_penalty(lambda x: x.reshape(-1, 4) @ torch.cat([w, w]),
+                               torch.randn(16, 2), torch.randn(16, 2))
+    assert packed.item() == pytest.approx(12.5)
 
 
 def test_gradient_penalty_zero_for_unit_slope() -> None:
