@@ -50,6 +50,7 @@ from pipeline.data import Dataset, TensorBatches
 from pipeline.logs import quiet_libraries
 from pipeline.losses import LOSSES
 from pipeline.metrics import Evaluator
+from pipeline.metrics.registry import MAIN_METRICS
 from pipeline.networks import Discriminator, Generator
 from pipeline.study import objective as objective_module
 from pipeline.study.spec import StudyDefinition, parse_study
@@ -237,11 +238,16 @@ def plain_trial(cfg: Config, evaluator: Evaluator) -> float:
     gan.total = t.epochs * batches.steps
     eval_z = torch.randn(cfg.eval.n_samples, cfg.model.latent_dim,
                          generator=torch.Generator().manual_seed(t.seed + 2))
+    # The module's schedule: every metric every full_every_n_epochs and at the last epoch, the
+    # main ones (and eval.always) in between.
+    light = {*MAIN_METRICS, *cfg.eval.always}
+    full_every = cfg.eval.full_every_n_epochs
     for epoch in range(1, t.epochs + 1):
         for real in batches:
             gan.step(real)
         if epoch % cfg.eval.every_n_epochs == 0:
-            evaluator.evaluate(gan.samples(eval_z))
+            full = full_every is None or epoch % full_every == 0 or epoch == t.epochs
+            evaluator.evaluate(gan.samples(eval_z), None if full else light)
     return time.perf_counter() - start
 
 

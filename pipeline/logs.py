@@ -18,9 +18,16 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     import lightning.pytorch  # noqa: F401  (sets its logger's level on import)
 
+    # MLflow's pytorch flavour (which logs each trial's model) imports the standalone
+    # pytorch_lightning package, which sets its logger to INFO on import and then owns the
+    # banner logger that lightning_utilities shares between both namespaces. Import it first
+    # (0.2 s once lightning.pytorch is loaded) so that the level below sticks.
+    import pytorch_lightning  # noqa: F401  (a dependency of lightning)
+
     # Lightning prints device and model banners for every fit; a study runs hundreds of fits.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning",
+                 "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # Lightning 2.6 trips over its own deprecation on every fit; nothing for a user to act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
