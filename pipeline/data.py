@@ -41,6 +41,9 @@ class Dataset:
     num_classes: int | None = None
     centres: Tensor | None = None  # (K, 2) mode centres (mixtures only)
     std: float | None = None  # per-coordinate std of each mixture component
+    # Where the training data came from, for MLflow's dataset inputs: the training-images file
+    # for files, else a description of the code that drew it (keys and values as strings).
+    source: str | dict[str, str] | None = None
 
     @property
     def dim(self) -> int:
@@ -124,7 +127,9 @@ def mixture(name: str, centres: Tensor, n: int, std: float, seed: int) -> Datase
     gen = torch.Generator().manual_seed(seed)
     which = torch.randint(len(centres), (n,), generator=gen)
     points = centres[which] + std * torch.randn(n, 2, generator=gen)
-    return Dataset(name=name, kind="points", train=points, centres=centres, std=std)
+    return Dataset(name=name, kind="points", train=points, centres=centres, std=std,
+                   source={"drawn_by": "pipeline.data.mixture", "modes": str(len(centres)),
+                           "n": str(n), "std": str(std), "seed": str(seed)})
 
 
 def ring8(n: int = 100_000, radius: float = 1.0, std: float = 0.01, seed: int = 0) -> Dataset:
@@ -152,6 +157,8 @@ def digits(name: str = "digits", root: str | None = None) -> Dataset:
     return Dataset(
         name=name, kind="images", train=images[tr], train_labels=labels[tr],
         test=images[te], test_labels=labels[te], image_shape=(8, 8), num_classes=10,
+        source={"drawn_by": "sklearn.datasets.load_digits", "split": "first 80% of a seed-0 "
+                "permutation"},
     )
 
 
@@ -201,6 +208,7 @@ def idx_dataset(name: str, folder: Path, how_to_get: str = "") -> Dataset:
         test=scale(arrays["test_images"]),
         test_labels=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
         image_shape=(int(height), int(width)), num_classes=10,
+        source=str((folder / IDX_FILES["train_images"]).resolve()),
     )
 
 

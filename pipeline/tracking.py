@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from pipeline import __version__
 from pipeline.config import ConfigError, check_tracking_uri
 
 if TYPE_CHECKING:
+    import numpy as np
     from matplotlib.figure import Figure
 
 DEFAULT_STORE_DIR = Path("runs")
@@ -166,6 +168,25 @@ class RunLogger:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_training_data(self, features: np.ndarray, name: str,
+                          source: str | Mapping[str, str] | None) -> None:
+        """The training set as an MLflow dataset input (the run page's Datasets): its name, a
+        digest of its contents, its shape and its source, a file path or (for data drawn by
+        code) a description of the code."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.numpy_dataset import from_numpy
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        origin = source if isinstance(source, str) else CodeDatasetSource(dict(source or {}))
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source twice and then warns that a path "can be
+            # interpreted in multiple ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource".
+            warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
+            dataset = from_numpy(features, source=origin, name=name)
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
+            dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
 
     def log_dir(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)

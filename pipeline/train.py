@@ -108,6 +108,7 @@ def fit(
                 params["eval.classifier_test_accuracy"] = round(evaluator.classifier_accuracy, 4)
             params.update(extra_params or {})
             run.log_params(params)
+            run.log_training_data(dataset.train.numpy(), f"{dataset.name}-train", dataset.source)
 
         tracker = MlflowMetrics(run, dataset, sample_every_n_epochs=t.sample_every_n_epochs)
         saver = EpochCheckpoint(run.run_id, cfg) if checkpoint else None

@@ -77,6 +77,8 @@ def test_idx_reader(tmp_path: Path) -> None:
     assert ds.image_shape == (28, 28)
     assert ds.train.min() >= -1.0 and ds.train.max() <= 1.0
     assert ds.train_labels.dtype == torch.int64
+    # MLflow's dataset input names the file the training images came from
+    assert ds.source == str((tmp_path / "fm" / "train-images-idx3-ubyte.gz").resolve())
 
 
 def test_idx_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

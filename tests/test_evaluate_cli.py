@@ -23,7 +23,7 @@ def test_evaluate_true_mixture_samples(tmp_path: Path, capsys) -> None:
     assert len(out.strip().splitlines()) == 1
     metrics = json.loads(out)
     assert set(metrics) == {"fid", "kid", "precision", "recall", "density", "coverage",
-                            "modes_covered", "high_quality", "reverse_kl"}
+                            "modes_covered", "high_quality", "reverse_kl", "pacgan_score"}
     assert metrics["modes_covered"] == 8
     assert abs(metrics["high_quality"] - (1 - math.exp(-4.5))) < 0.01
     assert metrics["reverse_kl"] < 0.01

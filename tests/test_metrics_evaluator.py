@@ -14,7 +14,7 @@ from pipeline.data import ring8 as ring8_dataset  # the name ring8 is the fixtur
 from pipeline.metrics import Evaluator
 
 POINT_METRICS = ["fid", "kid", "precision", "recall", "density", "coverage", "modes_covered",
-                 "high_quality", "reverse_kl"]
+                 "high_quality", "reverse_kl", "pacgan_score"]
 IMAGE_METRICS = ["fid", "kid", "precision", "recall", "density", "coverage", "classes_covered",
                  "class_kl", "ndb_fraction"]
 

@@ -37,7 +37,8 @@ def test_half_the_modes_gives_log_two() -> None:
     # Exactly on four of the eight centres, equally often: KL(uniform on 4 || uniform on 8).
     samples = centres[torch.arange(400) % 4]
     scores = mixture_mode_metrics(samples, centres, 0.01)
-    expected = {"modes_covered": 4.0, "high_quality": 1.0, "reverse_kl": pytest.approx(math.log(2))}
+    expected = {"modes_covered": 4.0, "high_quality": 1.0, "reverse_kl": pytest.approx(math.log(2)),
+                "pacgan_score": pytest.approx(1.0 * 4 / 8 * 0.5)}  # exp(-log 2) = 1/2
     assert scores == expected
 
 
@@ -86,3 +87,21 @@ def test_class_coverage_threshold_is_a_tenth_of_the_uniform_share() -> None:
     preds = torch.repeat_interleave(torch.arange(10), counts)
     scores = class_metrics(preds, torch.full((10,), 0.1), num_classes=10)
     assert scores["classes_covered"] == 2
+
+
+def test_pacgan_score_prefers_every_mode_to_sharper_samples_in_fewer() -> None:
+    """The study objective: sharp samples in 24 of 25 modes score below slightly blurrier ones in
+    all 25; samples in every mode and in the gaps between them score below both."""
+    centres = grid25_centres()
+    std = 0.05
+    sharp_in_24 = centres[torch.arange(2400) % 24]
+    every_mode = centres[torch.arange(2500) % 25]
+    blurry_in_25 = torch.cat([every_mode[:2325], every_mode[:175] + 1.0])  # 7% in the gaps
+    gaps = torch.cat([every_mode[:1500], every_mode[:1000] + 1.0])  # 40% in the gaps
+    score = {name: mixture_mode_metrics(s, centres, std)["pacgan_score"]
+             for name, s in [("sharp_in_24", sharp_in_24), ("blurry_in_25", blurry_in_25),
+                             ("gaps", gaps), ("perfect", every_mode)]}
+    assert score["perfect"] == pytest.approx(1.0)
+    assert score["blurry_in_25"] == pytest.approx(0.93, abs=0.01)
+    assert score["sharp_in_24"] == pytest.approx(24 / 25 * 24 / 25, abs=1e-9)  # exp(-log 25/24)
+    assert score["gaps"] < score["sharp_in_24"] < score["blurry_in_25"] < score["perfect"]

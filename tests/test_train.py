@@ -40,6 +40,14 @@ def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> Non
     # MLflow's own run context fills in user and source (the git commit: see the CLI test)
     assert run.data.tags["mlflow.user"] == getpass.getuser()
     assert run.data.tags["mlflow.source.name"] == sys.argv[0]
+    # the training set as an MLflow dataset input: name, digest of the points, code source
+    (data_input,) = run.inputs.dataset_inputs
+    assert data_input.dataset.name == "grid25-train"
+    assert [(t.key, t.value) for t in data_input.tags] == [("mlflow.data.context", "training")]
+    assert json.loads(data_input.dataset.source) == {"tags": {
+        "drawn_by": "pipeline.data.mixture", "modes": "25", "n": str(cfg.data.n_points),
+        "std": "0.05", "seed": str(cfg.train.seed)}}
+    assert json.loads(data_input.dataset.profile)["features_shape"] == [cfg.data.n_points, 2]
 
     # per-epoch validation metrics at step = epoch
     for name in ("val/fid", "val/modes_covered", "val/high_quality", "val/reverse_kl",

@@ -194,7 +194,8 @@ FAMILIES: tuple[Family, ...] = (
     # PacGAN / VEEGAN protocol: needs the known mixture centres.
     Family((Metric("modes_covered", "higher", main=True),
             Metric("high_quality", "higher", main=True),
-            Metric("reverse_kl", "lower", main=True)), _mixtures, _modes),
+            Metric("reverse_kl", "lower", main=True),
+            Metric("pacgan_score", "higher")), _mixtures, _modes),
     # Need class labels (the feature classifier's predictions).
     Family((Metric("classes_covered", "higher", main=True),
             Metric("class_kl", "lower", main=True)), _images, _classes),
