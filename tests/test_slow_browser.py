@@ -1,5 +1,6 @@
 """The browsing commands in headless Chromium (Debian's, driven by Playwright). The MLflow UI lists
-a study's parent run and its trial runs, and a trial's sample picture renders; optuna-dashboard
+a study's parent run and its trial runs, and a trial's sample picture renders; the best trial is
+tagged and its metric charts draw; optuna-dashboard
 (`make dashboard`) serves the study and its trials. Screenshots: test-artifacts/."""
 
 from __future__ import annotations
@@ -189,6 +190,49 @@ def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str, Pa
     local = Path(client.download_artifacts(trial.info.run_id, "samples/final.png",
                                            str(tmp_path)))
     assert fetched["size"] == local.stat().st_size
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_mlflow_ui_marks_the_best_trial_and_charts_its_metrics(
+        smoke_store: tuple[str, str, Path], mlflow_ui: str, chromium_path: str) -> None:
+    """The study's best trial carries best=true (and no other run does); its run page shows the
+    tag, and its metric charts draw lines through the per-epoch points."""
+    import optuna
+
+    from pipeline.study.store import RUN_ATTR, open_storage
+
+    uri, parent_id, journal = smoke_store
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_run(parent_id).info.experiment_id
+    study = optuna.load_study(study_name="smoke", storage=open_storage(str(journal)))
+    best_run_id = study.best_trial.user_attrs[RUN_ATTR]
+    marked = client.search_runs([experiment], filter_string="tags.best = 'true'")
+    assert [r.info.run_id for r in marked] == [best_run_id]
+    best = marked[0]
+    epochs = [m.step for m in client.get_metric_history(best_run_id, "val/fid")]
+    assert len(epochs) >= 2, epochs
+
+    (ARTIFACTS_DIR / "mlflow-best.png").unlink(missing_ok=True)
+    with local_page(chromium_path, ARTIFACTS_DIR / "mlflow-best-failure.png") as page:
+        # The run's overview lists its tags: best = true.
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{best_run_id}")
+        page.get_by_text(best.info.run_name, exact=True).first.wait_for()
+        tag = page.locator("tr, [role=row]", has_text="best").filter(has_text="true").first
+        tag.wait_for()
+
+        # Its metrics tab: plotly line charts whose traces pass through the logged points.
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{best_run_id}/model-metrics")
+        page.locator(".js-plotly-plot").first.wait_for()
+        page.wait_for_function("""() => [...document.querySelectorAll(
+            '.js-plotly-plot .scatterlayer path.js-line')].some(
+            p => (p.getAttribute('d') || '').split(/[LM]/).length > 2)""")
+        vertices = page.evaluate("""() => Math.max(...[...document.querySelectorAll(
+            '.js-plotly-plot .scatterlayer path.js-line')].map(
+            p => (p.getAttribute('d') || '').split(/[LM]/).length - 1))""")
+        page.screenshot(path=ARTIFACTS_DIR / "mlflow-best.png")
+    # a line through at least the per-epoch points of one metric
+    assert vertices >= len(epochs), vertices
 
 
 @pytest.mark.slow
