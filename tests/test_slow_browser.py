@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import urllib.request
 from collections.abc import Iterator
@@ -215,11 +216,10 @@ def test_mlflow_ui_marks_the_best_trial_and_charts_its_metrics(
 
     (ARTIFACTS_DIR / "mlflow-best.png").unlink(missing_ok=True)
     with local_page(chromium_path, ARTIFACTS_DIR / "mlflow-best-failure.png") as page:
-        # The run's overview lists its tags: best = true.
+        # The run's overview shows its tags as chips, "best: true" among them.
         page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{best_run_id}")
         page.get_by_text(best.info.run_name, exact=True).first.wait_for()
-        tag = page.locator("tr, [role=row]", has_text="best").filter(has_text="true").first
-        tag.wait_for()
+        page.get_by_text(re.compile(r"^\s*best\s*:\s*true\s*$")).first.wait_for()
 
         # Its metrics tab: plotly line charts whose traces pass through the logged points.
         page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs/{best_run_id}/model-metrics")
