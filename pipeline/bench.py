@@ -50,7 +50,7 @@ from pipeline.data import Dataset, TensorBatches
 from pipeline.logs import quiet_libraries
 from pipeline.losses import LOSSES
 from pipeline.metrics import Evaluator
-from pipeline.metrics.registry import MAIN_METRICS
+from pipeline.metrics.registry import MAIN_METRICS, light_metrics_at
 from pipeline.networks import Discriminator, Generator
 from pipeline.study import objective as objective_module
 from pipeline.study.spec import StudyDefinition, parse_study
@@ -247,13 +247,12 @@ def plain_trial(cfg: Config, evaluator: Evaluator) -> float:
     # The module's schedule: every metric every full_every_n_epochs and at the last epoch, the
     # main ones (and eval.always) in between.
     light = {*MAIN_METRICS, *cfg.eval.always}
-    full_every = cfg.eval.full_every_n_epochs
     for epoch in range(1, t.epochs + 1):
         for real in batches:
             gan.step(real)
         if epoch % cfg.eval.every_n_epochs == 0:
-            full = full_every is None or epoch % full_every == 0 or epoch == t.epochs
-            evaluator.evaluate(gan.samples(eval_z), None if full else light)
+            evaluator.evaluate(gan.samples(eval_z), light_metrics_at(
+                epoch, t.epochs, cfg.eval.full_every_n_epochs, light))
     return time.perf_counter() - start
 
 

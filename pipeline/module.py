@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from pipeline.losses import LOSSES
-from pipeline.metrics.registry import EVAL_SECONDS, val_key
+from pipeline.metrics.registry import EVAL_SECONDS, light_metrics_at, val_key
 from pipeline.networks import Discriminator, Generator
 
 FULL_PRECISION = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true")  # no loss scaling
@@ -247,10 +247,9 @@ class GANModule(L.LightningModule):
         samples = torch.cat(self._val_chunks)
         self._val_chunks = []
         start = time.perf_counter()
-        epoch = self.current_epoch + 1
-        full = (self.full_every is None or epoch % self.full_every == 0
-                or epoch == self.trainer.max_epochs)
-        metrics = dict(self.evaluator.evaluate(samples, None if full else self.light_metrics))
+        only = light_metrics_at(self.current_epoch + 1, self.trainer.max_epochs or 0,
+                                self.full_every, self.light_metrics)
+        metrics = dict(self.evaluator.evaluate(samples, only))
         metrics[EVAL_SECONDS] = time.perf_counter() - start
         self.last_eval = {val_key(k): float(v) for k, v in metrics.items()}
         # Into trainer.callback_metrics, where the pruning callback looks for its monitor.

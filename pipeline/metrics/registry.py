@@ -207,6 +207,14 @@ METRICS: dict[str, Metric] = {m.name: m for family in FAMILIES for m in family.m
 MAIN_METRICS: tuple[str, ...] = tuple(name for name, m in METRICS.items() if m.main)
 
 
+def light_metrics_at(epoch: int, last_epoch: int, full_every: int | None,
+                     light: set[str] | None) -> set[str] | None:
+    """The metrics an evaluation after ``epoch`` computes: None (every metric) every
+    ``full_every`` epochs and at the last, else the light set (eval.full_every_n_epochs)."""
+    full = full_every is None or epoch % full_every == 0 or epoch == last_epoch
+    return None if full else light
+
+
 def applicable_metrics(traits: DatasetTraits) -> tuple[str, ...]:
     """Every metric that can be computed for this dataset, in registry order."""
     return tuple(n for f in FAMILIES if f.applies(traits) for n in f.names)
