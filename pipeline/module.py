@@ -72,9 +72,12 @@ class GANModule(L.LightningModule):
         # Polyak/EMA averaging of G's weights: the averaged G is the one evaluated, pictured and
         # exported; SGD noise in the live G smears samples between the modes.
         self.g_ema: AveragedModel | None = None
+        self.ema_decay = ema_decay
         if ema_decay > 0:
             self.g_ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
                                        use_buffers=True).requires_grad_(False)
+        self._ema_pairs: tuple[list[Tensor], list[Tensor], list[tuple[Tensor, Tensor]]] | None
+        self._ema_pairs = None
         self.lr_decay_start = lr_decay_start
         self.total_steps = total_steps
         self.log_every = log_every_n_steps
@@ -138,6 +141,9 @@ class GANModule(L.LightningModule):
             raise ValueError(f"precision {self.trainer.precision!r}: the training step calls "
                              f"backward itself, without Lightning's loss scaling")
 
+    def on_train_start(self) -> None:
+        self._ema_pairs = None  # the EMA's tensor lists, remade on the device training runs on
+
     def training_step(self, chunk: Tensor, batch_idx: int) -> None:
         # The torch optimizers and backward() themselves, not Lightning's wrappers: at full
         # precision these only dispatch callback hooks that nothing here uses, measured at
@@ -180,10 +186,32 @@ class GANModule(L.LightningModule):
             self._g_stats.append(g_loss.detach())
             self.g_steps += 1
             if self.g_ema is not None:
-                self.g_ema.update_parameters(self.generator)
+                self._update_ema()
 
         if self.steps % self.log_every == 0:
             self._close_interval()
+
+    def _update_ema(self) -> None:
+        """What ``AveragedModel.update_parameters`` does for EMA (the first update copies, later
+        ones lerp parameters and float buffers), on tensor lists made once: it regroups them by
+        device and dtype on every call, 65 us per step for grid25's G against 9 us here."""
+        assert self.g_ema is not None
+        if self._ema_pairs is None:  # made on first use: after the move to the device
+            ema = [*self.g_ema.module.parameters(), *self.g_ema.module.buffers()]
+            live = [*self.generator.parameters(), *self.generator.buffers()]
+            floats = [(a, b) for a, b in zip(ema, live, strict=True) if a.is_floating_point()]
+            self._ema_pairs = ([a for a, _ in floats], [b for _, b in floats],
+                               [(a, b) for a, b in zip(ema, live, strict=True)
+                                if not a.is_floating_point()])
+        ema_floats, live_floats, others = self._ema_pairs
+        with torch.no_grad():
+            if self.g_steps == 1:
+                torch._foreach_copy_(ema_floats, live_floats)
+            else:
+                torch._foreach_lerp_(ema_floats, live_floats, 1.0 - self.ema_decay)
+            for a, b in others:  # counters such as BatchNorm's num_batches_tracked: the latest
+                a.copy_(b)
+            self.g_ema.n_averaged += 1
 
     def _judge(self, real: Tensor, fake: Tensor) -> tuple[Tensor, Tensor]:
         """D's logits for real and fake samples: one pass over both (half the kernels, matmuls

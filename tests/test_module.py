@@ -75,6 +75,34 @@ def test_ema_generator_is_the_one_evaluated(tiny_config) -> None:
     torch.testing.assert_close(lags(z), lags.sampler(z))
 
 
+def test_ema_updates_as_torch_averaged_model_does(tiny_config) -> None:
+    """The module's own EMA update (lists made once) against AveragedModel.update_parameters,
+    on a G with BatchNorm (float running stats are averaged; the step counter is copied)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    cfg = tiny_config("train.ema_decay=0.7", "model.g_norm=batch")
+    module = build_module(cfg, cached_dataset(cfg.data, cfg.train.seed), evaluator=None,
+                          steps_per_epoch=4)
+    reference = AveragedModel(module.generator, multi_avg_fn=get_ema_multi_avg_fn(0.7),
+                              use_buffers=True)
+    g = module.generator
+    for step in range(1, 5):
+        with torch.no_grad():  # a new G: weights and running statistics move
+            for t in [*g.parameters(), *g.buffers()]:
+                t.add_(torch.randn_like(t.float()).to(t.dtype) if t.is_floating_point() else 1)
+        module.g_steps = step
+        module._update_ema()
+        reference.update_parameters(g)
+        assert module.g_ema is not None
+        for a, b in zip(module.g_ema.state_dict().values(), reference.state_dict().values(),
+                        strict=True):
+            if a.is_floating_point():
+                torch.testing.assert_close(a, b)
+        assert module.g_ema.n_averaged == reference.n_averaged == step
+    counters = [b for b in module.sampler.buffers() if not b.is_floating_point()]
+    assert counters and all(torch.equal(c, torch.tensor(4)) for c in counters)
+
+
 def _adam_steps(opt: torch.optim.Optimizer) -> int:
     steps = {int(state["step"]) for state in opt.state.values()}
     assert len(steps) == 1, steps
