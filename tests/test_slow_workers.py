@@ -47,10 +47,9 @@ def test_two_workers_share_one_journal(tmp_path: Path, store_uri: str,
     study = optuna.load_study(study_name="smoke", storage=open_storage(journal))
     trials = study.trials
     done = finished_trials(study)
-    # Each worker stops once the study holds TRIALS finished trials, counted after each of its
-    # own trials. Two workers can both see TRIALS-1 and both start one more, so the study may end
-    # with up to WORKERS-1 extra trials (the overshoot Optuna documents for parallel optimize
-    # with a stopping callback); never fewer than asked for.
+    # Each worker stops once the study's finished and running trials reach TRIALS, counted after
+    # each of its own trials (sweep.trial_budget). Two workers checking at the same instant can
+    # both start one more, so the study may end with up to WORKERS-1 extra trials; never fewer.
     assert TRIALS <= len(done) <= TRIALS + WORKERS - 1, [t.state for t in trials]
     # Nothing lost: every trial that was started has finished (none RUNNING, FAIL or WAITING).
     assert len(done) == len(trials), {t.number: t.state.name for t in trials}

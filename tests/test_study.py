@@ -16,13 +16,15 @@ from pipeline.study import parent_run
 from pipeline.study.space import sample
 from pipeline.study.spec import load_study_file, parse_study
 from pipeline.study.store import (
+    OWNER_ATTR,
     PARENT_ATTR,
     RUN_ATTR,
     create_or_load,
     finished_trials,
     open_storage,
+    this_worker,
 )
-from pipeline.study.sweep import run_sweep
+from pipeline.study.sweep import TrialBudget, run_sweep
 
 SPACE = """
 search_space:
@@ -101,6 +103,26 @@ def test_enqueued_trials_run_first_and_only_once(tmp_path: Path) -> None:
     again, created_again = create_or_load(defn, storage)  # a resume enqueues nothing
     assert (created, created_again) == (True, False)
     assert [t.state for t in again.trials] == [optuna.trial.TrialState.COMPLETE]
+
+
+def test_trial_budget_counts_trials_running_in_other_workers() -> None:
+    """Target 3 with one trial running elsewhere: this worker runs 2, not 3 (Optuna's
+    MaxTrialsCallback on finished trials only would start a third beside the running one)."""
+    study = optuna.create_study()
+    elsewhere = study.ask()  # another worker's trial, still running
+    elsewhere.set_user_attr(OWNER_ATTR, {"host": "elsewhere", "pid": 1, "started": 1})
+    study.optimize(lambda trial: 0.0, n_trials=10, callbacks=[TrialBudget(3)])
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    # A failed trial frees its place: the worker goes on until the count is reached again.
+    study.tell(elsewhere, state=optuna.trial.TrialState.FAIL)
+    study.optimize(lambda trial: 0.0, n_trials=10, callbacks=[TrialBudget(3)])
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 3
+    # A trial left RUNNING under this process's own name is a leftover: not counted.
+    stale = study.ask()
+    stale.set_user_attr(OWNER_ATTR, this_worker())
+    study.optimize(lambda trial: 0.0, n_trials=10, callbacks=[TrialBudget(5)])
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 5
 
 
 def test_conditional_parameters() -> None:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import optuna
 import torch
-from optuna.study import MaxTrialsCallback
 
 from pipeline import interrupt
 from pipeline.config import Config
@@ -30,14 +29,17 @@ from pipeline.study.store import (
     ENDED_STATES,
     ERROR_ATTR,
     FINISHED_STATES,
+    OWNER_ATTR,
     RUN_ATTR,
     best_trial,
     create_or_load,
     fail_dead_trials,
     finished_trials,
     storage_url,
+    this_worker,
 )
 from pipeline.tracking import RunLogger, close_run, get_client, mask_secrets, tracking_uri
+from pipeline.train import warm_up
 
 
 class SweepError(RuntimeError):
@@ -295,13 +297,38 @@ def worker_main(args: WorkerArgs) -> None:
                                                         len(study.trials)))
     device = worker_device(defn.base, args.index)
     objective = Objective(defn, args.parent_run_id, args.tracking_uri, args.threads, device)
+    warm_up(args.tracking_uri)
     if len(finished_trials(study)) < args.target:
-        stop = MaxTrialsCallback(args.target, states=FINISHED_STATES)  # counts every worker's
+        stop = TrialBudget(args.target)
         study.optimize(objective, timeout=args.timeout,
                        callbacks=[stop, args.guard, stop_between_trials],
                        catch=(Exception,), gc_after_trial=False)
         interrupt.check()
     parent_run.report(study, args.parent_run_id, args.tracking_uri, defn)
+
+
+class TrialBudget:
+    """Stops a worker, after one of its trials, once the study's finished trials and those
+    running in other workers reach ``target``.
+
+    Optuna's MaxTrialsCallback counts finished trials only: a worker that ended the 7th of 8
+    started a 9th while another ran the 8th (seen with 2 workers: a whole trial more, run alone
+    at the end). A trial that fails frees its place again: its own worker, still alive, sees the
+    count drop and goes on. A trial RUNNING under this process's name is a leftover (a worker
+    runs one trial at a time), not counted. Two workers that check at the same instant can still
+    both start one more (at most workers - 1 extra).
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.me = this_worker()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        running = optuna.trial.TrialState.RUNNING
+        counted = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, running))
+                   if t.state != running or t.user_attrs.get(OWNER_ATTR) != self.me]
+        if len(counted) >= self.target:
+            study.stop()
 
 
 def seed_offset(creator: bool, index: int, n_trials: int) -> int:
