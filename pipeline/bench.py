@@ -17,7 +17,8 @@ Writes ``bench/results.json`` (the keys below) and ``bench/results.md``, and pri
   over the same study unpruned (same random-sampler seed, so both try the same settings), and
   the ratio of their best objectives.
 - ``gflops``: achieved GFLOP/s of the project's training step at the image size (counted from
-  the layer sizes, both threads) and the machine's large-matmul peak measured in this run.
+  the layer sizes, both threads) and the machine's large-matmul peak measured in this run; and
+  (``*_matmuls``) the same step's matmuls timed alone, the most the step could reach.
 
 ``--quick`` runs every measurement at toy sizes in seconds (for the test suite): its numbers
 mean nothing.
@@ -88,20 +89,24 @@ class Sizes:
     train_steps: dict[str, int]  # steps per timed repetition of train_ratio
     reps: int  # interleaved repetitions (after one warm-up each)
     trial_epochs: dict[str, int]  # epochs of a benchmarked trial (images: of the full data)
+    trial_reps: dict[str, int]  # repetitions of the whole-trial comparison
     trial_steps: dict[str, int | None]  # steps per epoch (None = the study's own)
     study: dict[str, int]  # sizes of the workers and pruning studies
     gflops_steps: int
     images: str  # the image dataset: fashion_mnist, or digits in quick mode
 
 
-FULL = Sizes({"grid25": 2000, "images": 200}, 5, {"grid25": 32, "images": 2},
-             {"grid25": None, "images": None},
+# images trials: 5 epochs of Fashion-MNIST (~70 s), the fashion_mnist study's cycle of four
+# light evaluations and one full one (its trials are two such cycles), so that evaluation weighs
+# in a benchmarked trial what it weighs in the study's.
+FULL = Sizes({"grid25": 2000, "images": 200}, 5, {"grid25": 32, "images": 5},
+             {"grid25": 5, "images": 2}, {"grid25": None, "images": None},
              # workers: trials of 4 x 250 steps (~5 s): shorter ones measure mostly the fixed
              # per-trial costs (1.48 at 4 x 100 steps), not the parallel training
              {"n_trials": 16, "pruning_steps": 20, "epochs": 4, "steps": 250,
               "worker_trials": 8}, 150, "fashion_mnist")
 QUICK = Sizes({"grid25": 40, "images": 10}, 1, {"grid25": 2, "images": 1},
-              {"grid25": 10, "images": 5},
+              {"grid25": 1, "images": 1}, {"grid25": 10, "images": 5},
               {"n_trials": 3, "pruning_steps": 2, "pruning_epochs": 4, "epochs": 2, "steps": 5,
                "worker_trials": 2}, 5, "digits")
 
@@ -182,8 +187,9 @@ class PlainGAN:
         n = len(real)
         with torch.no_grad():
             fake = self.g(torch.randn(n, self.z_dim, device=self.device))
-        if self.joint:  # one pass of D over real and fake (no BatchNorm to mix them)
-            real_logits, fake_logits = self.d(torch.cat([real, fake])).split([n, n])
+        if self.joint and n % self.d.pack == 0:  # one pass over real and fake (no BatchNorm)
+            logits = self.d(torch.cat([real, fake]))
+            real_logits, fake_logits = logits.split([len(logits) // 2, len(logits) // 2])
         else:
             real_logits, fake_logits = self.d(real), self.d(fake)
         d_loss = self.loss.d_loss(real_logits, fake_logits)
@@ -457,24 +463,51 @@ def pruning(sizes: Sizes, tmp: Path) -> dict[str, float]:
 # --- FLOPs ---------------------------------------------------------------------------------------
 
 
-def step_flops(cfg: Config, dataset: Dataset) -> float:
-    """Matmul FLOPs of one GAN step (D step + G step), from the layer sizes.
+def step_matmuls(cfg: Config, dataset: Dataset) -> list[tuple[int, int, int]]:
+    """The (m, k, n) of every matmul in one GAN step (D step + G step), from the layer sizes.
 
-    Per linear layer a->b on n rows: forward 2nab, weight gradient 2nab, input gradient 2nab
-    (not for a first layer whose input needs no gradient). D step: G forward (no grad), D forward
-    and backward on real and fake. G step: G and D forward, D's input gradients only (its weights
-    are frozen), G's backward.
+    Per linear layer a->b on r rows: forward (r, a) x (a, b), weight gradient (b, r) x (r, a),
+    input gradient (r, b) x (b, a) (not for a first layer whose input needs no gradient). D step:
+    G forward (no grad), D forward and backward on real and fake in one pass. G step: G and D
+    forward, D's input gradients only (its weights are frozen), G's backward. D sees rows of
+    ``pack`` samples.
     """
-    def sizes(widths: Sequence[int]) -> tuple[int, int]:
-        pairs = list(itertools.pairwise(widths))
-        total = sum(a * b for a, b in pairs)
-        return total, total - pairs[0][0] * pairs[0][1]
-
     m = cfg.model
-    g_all, g_rest = sizes([m.latent_dim, *m.g_hidden, dataset.dim])
-    d_all, d_rest = sizes([dataset.dim * m.pack, *m.d_hidden, 1])
-    per_row = 3 * g_all + g_rest + 6 * d_all + 2 * d_rest
-    return 2.0 * cfg.train.batch_size * per_row
+    n = cfg.train.batch_size
+    g = list(itertools.pairwise([m.latent_dim, *m.g_hidden, dataset.dim]))
+    d = list(itertools.pairwise([dataset.dim * m.pack, *m.d_hidden, 1]))
+    d_rows = n // m.pack
+    return [
+        *[(n, a, b) for a, b in g],  # D step: G forward
+        *[(2 * d_rows, a, b) for a, b in d],  # D forward, real and fake
+        *[(b, 2 * d_rows, a) for a, b in d],  # D weight gradients
+        *[(2 * d_rows, b, a) for a, b in d[1:]],  # D input gradients
+        *[(n, a, b) for a, b in g], *[(d_rows, a, b) for a, b in d],  # G step: forwards
+        *[(d_rows, b, a) for a, b in d],  # D input gradients, down to G's output
+        *[(b, n, a) for a, b in g],  # G weight gradients
+        *[(n, b, a) for a, b in g[1:]],  # G input gradients
+    ]
+
+
+def step_flops(cfg: Config, dataset: Dataset) -> float:
+    """Matmul FLOPs of one GAN step: 2mkn for each of step_matmuls."""
+    return float(sum(2 * m * k * n for m, k, n in step_matmuls(cfg, dataset)))
+
+
+def matmuls_only(cfg: Config, dataset: Dataset, seconds: float) -> float:
+    """GFLOP/s of a step's matmuls alone (contiguous operands, nothing between them): the
+    ceiling of the step's own figure, since everything else in it (Adam, activations, autograd's
+    bookkeeping) adds time and no counted FLOPs."""
+    shapes = step_matmuls(cfg, dataset)
+    operands = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in shapes]
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for a, b in operands:
+            torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return step_flops(cfg, dataset) / best / 1e9
 
 
 def matmul_peak(seconds: float = 3.0) -> float:
@@ -536,7 +569,7 @@ def run(sizes: Sizes, out_dir: Path, log: Callable[[str], None]) -> dict[str, An
             timings: list[TrialTiming] = []
             times = interleaved({"plain": partial(plain_trial, cfg, evaluator),
                                  "project": partial(timed_trial, cfg, tmp, kind, timings)},
-                                sizes.reps)
+                                sizes.trial_reps[kind])
             timing = timings[len(timings) // 2]  # a measured one, not the warm-up
             results["trial_ratio"][kind] = times["plain"] / times["project"]
             results["eval_fraction"][kind] = (
@@ -567,6 +600,8 @@ def run(sizes: Sizes, out_dir: Path, log: Callable[[str], None]) -> dict[str, An
                                   sizes.reps)["project"]
             results["gflops"][f"images_b{batch}"] = (
                 step_flops(cfg, dataset) * sizes.gflops_steps / seconds / 1e9)
+            results["gflops"][f"images_b{batch}_matmuls"] = matmuls_only(
+                cfg, dataset, 0.5 if sizes is QUICK else 3.0)
         log(f"gflops: {results['gflops']}")
     results["targets"] = {key: {"target": text, "met": bool(check(results[key]))}
                           for key, (text, check) in TARGETS.items()}

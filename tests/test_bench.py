@@ -25,14 +25,16 @@ def test_quick_benchmark_writes_every_key(tmp_path: Path, monkeypatch: pytest.Mo
         assert all(value > 0 for value in results[key].values()), key
     assert results["startup_seconds"] > 0 and results["workers_speedup"] > 0
     assert set(results["pruning"]) >= {"epoch_fraction", "best_ratio"}
-    assert set(results["gflops"]) == {"images_b64", "images_b256", "peak"}
+    assert set(results["gflops"]) == {"images_b64", "images_b256", "peak", "images_b64_matmuls",
+                                      "images_b256_matmuls"}
     assert set(results["targets"]) == set(bench.TARGETS)
     assert results["quick"] is True
     summary = (tmp_path / "bench" / "results.md").read_text()
     assert "quick mode" in summary and "`train_ratio`" in summary
 
 
-def test_step_flops_match_torch_s_own_count() -> None:
+@pytest.mark.parametrize("pack", [1, 2])
+def test_step_flops_match_torch_s_own_count(pack: int) -> None:
     """The FLOPs the benchmark credits a step with, from the layer sizes, are what torch counts
     in one step of the plain loop (FlopCounterMode: every matmul of forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -41,7 +43,7 @@ def test_step_flops_match_torch_s_own_count() -> None:
     from pipeline.data import grid25
 
     cfg = load_config(None, ["model.latent_dim=3", "model.g_hidden=[16, 8]",
-                             "model.d_hidden=[12]", "train.batch_size=10"])
+                             "model.d_hidden=[12]", "train.batch_size=10", f"model.pack={pack}"])
     dataset = grid25(n=100)
     gan = bench.PlainGAN(cfg, dataset)
     real = dataset.train[:10]
