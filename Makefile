@@ -58,7 +58,7 @@ export: $(STAMP) ## export the best trial's generator: make export [STUDY=grid25
 reeval: $(STAMP) ## retrain a study's best config on fresh seeds: make reeval [STUDY=grid25] [SEEDS=5]
 	$(PY) -m pipeline reeval --study $(STUDY) --seeds $(SEEDS) --workers $(WORKERS)
 
-bench: $(STAMP) ## the performance benchmark (~25 min, a quiet machine): bench/results.json
+bench: $(STAMP) ## the performance benchmark (~30 min, a quiet machine): bench/results.json
 	$(PY) -m pipeline.bench --out bench
 
 ui: $(STAMP) ## MLflow UI on the project's store, http://127.0.0.1:$(PORT)
