@@ -121,11 +121,7 @@ class GANModule(L.LightningModule):
                                  fused=fused)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=self.d_lr,
                                  betas=self.d_betas, fused=fused)
-        if self.lr_decay_start >= 1.0:
-            return [opt_g, opt_d]
-        schedules = [torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
-                     for opt in (opt_g, opt_d)]
-        return [opt_g, opt_d], schedules
+        return [opt_g, opt_d]
 
     def _lr_factor(self, step: int) -> float:
         """Constant, then linear decay to zero over the last (1 - lr_decay_start) of training."""
@@ -150,11 +146,19 @@ class GANModule(L.LightningModule):
         # ~100 us per GAN step with three callbacks (3% of a grid25 step). The module counts
         # its own steps (Lightning's global_step stays 0).
         opt_g, opt_d = self.optimizers(use_pl_optimizer=False)  # type: ignore[misc]
-        schedules = self.lr_schedulers() or []
         for real in chunk:
             self._gan_step(real, opt_g, opt_d)
-            for schedule in schedules:  # type: ignore[union-attr]
-                schedule.step()
+            if self.lr_decay_start < 1.0:
+                self._set_learning_rates(opt_g, opt_d)
+
+    def _set_learning_rates(self, opt_g: Any, opt_d: Any) -> None:
+        """The rates for the next step, a function of the steps taken (so a resumed run picks
+        them up from its step count). Set in place rather than by torch's LambdaLR, which warns
+        "lr_scheduler.step() before optimizer.step()" whenever n_critic > 1 leaves G's optimizer
+        without a step on a GAN step."""
+        factor = self._lr_factor(self.steps)
+        opt_g.param_groups[0]["lr"] = self.g_lr * factor
+        opt_d.param_groups[0]["lr"] = self.d_lr * factor
 
     def _gan_step(self, real: Tensor, opt_g: Any, opt_d: Any) -> None:
         n = len(real)
