@@ -33,6 +33,16 @@ def request_stop(signum: int, frame: Any) -> None:
     logging.getLogger("optuna").setLevel(logging.ERROR)
 
 
+def request_stop_once(signum: int, frame: Any) -> None:
+    """A worker's SIGTERM: a stop request that a repeat never turns into "at once". It comes
+    from the command stopping its workers (right after a Ctrl-C that the whole terminal group,
+    workers included, received too), the parent-death signal or a kill: escalating on it made
+    a worker raise mid-step, or even in its exit handlers (a traceback on a clean stop). A
+    second Ctrl-C (SIGINT) still stops at once."""
+    if not _requested:
+        request_stop(signum, frame)
+
+
 def requested() -> str | None:
     return _requested[0] if _requested else None
 

@@ -4,8 +4,10 @@ and loses nothing. (Signals and killed processes: tests/test_slow_faults.py.)"""
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -450,3 +452,20 @@ def test_evaluate_still_scores_good_samples(tmp_path: Path, capsys) -> None:
     assert main(["evaluate", "--data", "ring8", "--samples", str(tmp_path / "s.npy"),
                  "--metrics", "modes_covered"]) == 0
     assert json.loads(capsys.readouterr().out) == {"modes_covered": 8.0}
+
+
+def test_a_worker_s_repeated_sigterm_stays_a_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C reaches the whole terminal group, then the command SIGTERMs its workers: for a
+    worker that is one stop, at its next safe point (it used to raise at once, mid-step or in
+    its exit handlers). A second SIGINT, a person pressing Ctrl-C again, still stops at once."""
+    from pipeline import interrupt
+
+    monkeypatch.setattr(interrupt, "_requested", [])
+    optuna_logger = logging.getLogger("optuna")
+    monkeypatch.setattr(optuna_logger, "level", optuna_logger.level)  # a request quiets it
+    interrupt.request_stop(signal.SIGINT, None)
+    interrupt.request_stop_once(signal.SIGTERM, None)
+    interrupt.request_stop_once(signal.SIGTERM, None)
+    assert interrupt.requested() == "SIGINT"
+    with pytest.raises(interrupt.Stopped, match="SIGINT"):
+        interrupt.request_stop(signal.SIGINT, None)

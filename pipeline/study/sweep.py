@@ -262,7 +262,7 @@ def worker_process(args: WorkerArgs) -> None:
     FAIL, and the process exits with STOPPED_EXIT, quietly. It also stops if its parent dies."""
     from pipeline.logs import quiet_libraries
 
-    signal.signal(signal.SIGTERM, interrupt.request_stop)
+    signal.signal(signal.SIGTERM, interrupt.request_stop_once)
     signal.signal(signal.SIGINT, interrupt.request_stop)
     _die_with_parent(args.parent_pid)
     quiet_libraries()
