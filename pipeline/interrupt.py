@@ -3,7 +3,7 @@
 SIGTERM or SIGINT (Ctrl-C) only *requests* a stop; training checks for it between chunks of
 steps and after each evaluation, a study between trials. Raising from the handler itself could
 land anywhere, half-way through an Optuna journal record or an MLflow write. A second signal
-stops at once.
+stops at once (in a sweep worker, only a second SIGINT: see request_stop_once).
 """
 
 from __future__ import annotations
