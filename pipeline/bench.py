@@ -52,6 +52,7 @@ from pipeline.logs import quiet_libraries
 from pipeline.losses import LOSSES
 from pipeline.metrics import Evaluator
 from pipeline.metrics.registry import MAIN_METRICS, light_metrics_at
+from pipeline.module import lr_factor
 from pipeline.networks import Discriminator, Generator
 from pipeline.study import objective as objective_module
 from pipeline.study.spec import StudyDefinition, parse_study
@@ -213,9 +214,7 @@ class PlainGAN:
                 with torch.no_grad():
                     torch._foreach_lerp_(self.ema, list(self.g.parameters()), 1 - self.ema_decay)
         if self.decay_start < 1.0:
-            start = self.decay_start * self.total
-            factor = 1.0 if self.steps < start else max(
-                0.0, (self.total - self.steps) / (self.total - start))
+            factor = lr_factor(self.steps, self.total, self.decay_start)
             for opt, lr in zip((self.opt_g, self.opt_d), self.lrs, strict=True):
                 opt.param_groups[0]["lr"] = lr * factor
 

@@ -30,6 +30,15 @@ from pipeline.networks import Discriminator, Generator
 FULL_PRECISION = ("32-true", "32", "64-true", "64", "bf16-mixed", "bf16-true")  # no loss scaling
 
 
+def lr_factor(step: int, total_steps: int, decay_start: float) -> float:
+    """The learning rates' factor after ``step`` steps: constant, then a linear decay to zero
+    over the last (1 - decay_start) of ``total_steps``."""
+    start = decay_start * total_steps
+    if step < start or total_steps <= start:
+        return 1.0
+    return max(0.0, (total_steps - step) / (total_steps - start))
+
+
 class SampleEvaluator(Protocol):
     def evaluate(self, fake: Tensor, only: set[str] | None = None) -> dict[str, float]: ...
 
@@ -124,11 +133,7 @@ class GANModule(L.LightningModule):
         return [opt_g, opt_d]
 
     def _lr_factor(self, step: int) -> float:
-        """Constant, then linear decay to zero over the last (1 - lr_decay_start) of training."""
-        start = self.lr_decay_start * self.total_steps
-        if step < start or self.total_steps <= start:
-            return 1.0
-        return max(0.0, (self.total_steps - step) / (self.total_steps - start))
+        return lr_factor(step, self.total_steps, self.lr_decay_start)
 
     # --- training --------------------------------------------------------------------------
 
