@@ -287,6 +287,40 @@ def test_one_parent_run_when_machines_start_a_study_together(study_env: tuple[st
     assert made != parent_id and orphan.user_attrs[PARENT_ATTR] == made
 
 
+def test_workers_marking_the_best_run_at_once(tmp_path: Path) -> None:
+    """Workers that stop together tag the same best run at the same moment (MLflow's set_tag
+    raced there: a unique-key violation on a PostgreSQL server); the tag ends on that run only,
+    also when a racing report had tagged another run."""
+    from pipeline.tracking import get_client, start_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = get_client(uri)
+    parent = start_run(client, "race")
+    experiment = client.get_run(parent).info.experiment_id
+    runs = [start_run(client, "race", parent_run_id=parent) for _ in range(5)]
+    outsider = start_run(client, "race")  # another study's best run keeps its tag
+    for run in (runs[0], outsider):
+        client.set_tag(run, "best", "true")
+
+    errors: list[BaseException] = []
+
+    def report(best: str) -> None:
+        try:
+            parent_run.mark_best(MlflowClient(tracking_uri=uri), experiment, parent, best)
+        except BaseException as exc:
+            errors.append(exc)
+
+    for best in runs[1:]:  # the study's best moves on; each time, 4 workers report it at once
+        threads = [threading.Thread(target=report, args=(best,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    tagged = {r.info.run_id for r in client.search_runs([experiment], "tags.best = 'true'")}
+    assert tagged == {runs[-1], outsider}
+
+
 def test_rdb_storage_retries_when_another_machine_creates_its_tables(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first machine on an empty database makes Optuna's tables; one that raced it and

@@ -92,7 +92,7 @@ def report(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) ->
     if best is not None:
         logger.log_metrics({"best_value": float(best.value)},  # type: ignore[arg-type]
                            step=n_finished)
-        mark_best(client, parent.data.tags.get("best_run_id"), tags["best_run_id"])
+        mark_best(client, parent.info.experiment_id, run_id, tags["best_run_id"])
     tags[MLFLOW_RUN_NOTE] = summary_markdown(study, defn, counts)
     logger.set_tags(tags)
     logger.log_text(table, "trials.csv")
@@ -100,13 +100,23 @@ def report(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) ->
         logger.log_figure(fig, f"plots/{name}.png")
 
 
-def mark_best(client: Any, previous: str | None, current: str) -> None:
-    """Move the ``best`` tag to the study's best trial run."""
-    if previous and previous != current:
-        with contextlib.suppress(Exception):  # the old run may be gone from this store
-            client.delete_tag(previous, "best")
+def mark_best(client: Any, experiment_id: str, parent_id: str, current: str) -> None:
+    """Put the tag ``best=true`` on the best trial's run and take it off the study's other runs.
+
+    Workers of one study report at the same moment. The tag goes through log_batch, which MLflow
+    retries when two writers insert the same tag at once (its set_tag fails instead, with a
+    unique-key violation). The runs to untag are searched for rather than read from the parent,
+    so a run tagged by a concurrent report is not left behind by the next one.
+    """
     if current:
-        client.set_tag(current, "best", "true")
+        RunLogger(client, current).set_tags({"best": "true"})
+    tagged = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.best = 'true' and tags.mlflow.parentRunId = '{parent_id}'")
+    for run in tagged:
+        if run.info.run_id != current:
+            with contextlib.suppress(Exception):  # another worker untagged it first
+                client.delete_tag(run.info.run_id, "best")
 
 
 def summary_markdown(study: optuna.Study, defn: StudyDefinition, counts: dict[str, int],
