@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -185,8 +186,15 @@ class RunLogger:
             # interpreted in multiple ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource".
             warnings.filterwarnings("ignore", message=".*can be interpreted in multiple ways")
             dataset = from_numpy(features, source=origin, name=name)
-        self.client.log_inputs(self.run_id, datasets=[DatasetInput(
-            dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(),
+                               tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])]
+        try:
+            self.client.log_inputs(self.run_id, datasets=inputs)
+        except MlflowException:
+            # An experiment holds one row per dataset (name, digest). Workers that start their
+            # first trials together insert it at once and all but one fail on the unique key;
+            # by then the winner's row is there, and a second try links this run to it.
+            self.client.log_inputs(self.run_id, datasets=inputs)
 
     def log_dir(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)

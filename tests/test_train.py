@@ -88,6 +88,45 @@ def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> Non
         assert run.data.metrics[f"val/{name}"] == result.metrics[f"val/{name}"] == value, name
 
 
+def test_workers_starting_together_share_the_training_set_row(tmp_path: Path) -> None:
+    """Trials that start at the same moment log the same training set into one experiment,
+    which MLflow stores once (a unique key on experiment, name and digest): every run gets its
+    input, none fails on the key (seen on SQLite and PostgreSQL)."""
+    import threading
+
+    import numpy as np
+
+    from pipeline.tracking import RunLogger, get_client, start_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    points = np.random.default_rng(0).random((100, 2))
+    errors: list[BaseException] = []
+    runs: list[str] = []
+
+    def first_trial(experiment: str) -> None:
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            run_id = start_run(client, experiment)
+            RunLogger(client, run_id).log_training_data(points, "ring8-train", {"seed": "0"})
+            runs.append(run_id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    client = get_client(uri)
+    for k in range(5):  # a fresh experiment each time: the row does not exist yet
+        client.create_experiment(f"study-{k}")
+        threads = [threading.Thread(target=first_trial, args=(f"study-{k}",)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert len(runs) == 20
+    for run_id in runs:
+        (data_input,) = client.get_run(run_id).inputs.dataset_inputs
+        assert data_input.dataset.name == "ring8-train"
+
+
 def test_same_seed_same_metrics(tiny_config) -> None:
     first = fit(tiny_config("train.seed=7"))
     second = fit(tiny_config("train.seed=7"))
