@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from pipeline.study.store import (
     open_storage,
     this_worker,
 )
-from pipeline.study.sweep import TrialBudget, run_sweep
+from pipeline.study.sweep import TrialBudget, run_sweep, summary_lines
 
 SPACE = """
 search_space:
@@ -190,7 +191,11 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
     summary = run_sweep(defn, storage=storage, progress=False)
     study = optuna.load_study(study_name="smoke", storage=open_storage(storage))
     assert len(finished_trials(study)) == 4
-    assert summary.n_finished == 4
+    assert summary.n_finished == 4 and summary.n_running == 0
+    assert summary_lines(summary)[0].startswith("study smoke: 4 finished trials in ")
+    # another machine's last trial, still running when this one stops, is named as such
+    assert summary_lines(dataclasses.replace(summary, n_running=1))[0].startswith(
+        "study smoke: 4 finished trials (1 still running in other processes) in ")
     states = [t.state for t in study.trials]
     assert states[:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
 

@@ -103,6 +103,9 @@ class SweepSummary:
     best_trial: optuna.trial.FrozenTrial | None
     parent_run_id: str
     seconds: float
+    # RUNNING when this command's workers are done: another machine's last trials (the trial
+    # budget counts them, so this machine did not start more), or a dead worker's leftovers
+    n_running: int = 0
 
 
 STOPPED_EXIT = 3  # a worker's exit code when it was stopped by a signal, not by an error
@@ -163,7 +166,9 @@ def run_sweep(
         raise SweepError(failure)
     client.set_terminated(parent, "FINISHED")
     best = best_trial(study)
-    return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start)
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start,
+                        len(running))
 
 
 def check_reachable(uri: str) -> None:
@@ -396,7 +401,9 @@ class Progress:
 
 
 def summary_lines(summary: SweepSummary) -> list[str]:
-    lines = [f"study {summary.study_name}: {summary.n_finished} finished trials in "
+    running = f" ({summary.n_running} still running in other processes)" \
+        if summary.n_running else ""
+    lines = [f"study {summary.study_name}: {summary.n_finished} finished trials{running} in "
              f"{summary.seconds:.0f} s; MLflow parent run {summary.parent_run_id}"]
     best = summary.best_trial
     if best is None:
