@@ -92,7 +92,9 @@ class WorkerArgs:
     tracking_uri: str
     threads: int
     timeout: float | None
-    quiet: bool  # the study progress line replaces Optuna's log line per trial
+    # no Optuna log line per trial: the study progress line replaces it, or the caller turned
+    # Optuna's logging down (a spawned worker starts from Optuna's default, INFO)
+    quiet: bool
     parent_pid: int = 0  # the sweep command's process, whose death stops the worker
 
 
@@ -140,7 +142,9 @@ def run_sweep(
     guard = FailureGuard(budget.max_consecutive_failures, budget.failure_cap(target),
                          len(study.trials))
     args = [WorkerArgs(defn, url, target, guard, created, i, parent, uri, threads,
-                       budget.timeout, quiet=progress, parent_pid=os.getpid())
+                       budget.timeout,
+                       quiet=progress or optuna.logging.get_verbosity() > optuna.logging.INFO,
+                       parent_pid=os.getpid())
             for i in range(workers)]
 
     client = get_client(uri)
@@ -294,7 +298,7 @@ def worker_main(args: WorkerArgs) -> None:
     """One worker: run trials until the study holds ``target`` finished ones."""
     torch.set_num_threads(args.threads)
     if args.quiet:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(max(optuna.logging.get_verbosity(), optuna.logging.WARNING))
     defn = args.defn
     study, _ = create_or_load(defn, args.storage, allow_changes=True,  # checked by the command
                               on_stale=StaleRunCloser(args.tracking_uri))
