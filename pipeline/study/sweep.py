@@ -92,9 +92,9 @@ class WorkerArgs:
     tracking_uri: str
     threads: int
     timeout: float | None
-    # no Optuna log line per trial: the study progress line replaces it, or the caller turned
-    # Optuna's logging down (a spawned worker starts from Optuna's default, INFO)
-    quiet: bool
+    # Optuna's log level in the worker: the caller's (a spawned worker starts from Optuna's
+    # default, INFO), at least WARNING when the study progress line replaces a line per trial
+    optuna_verbosity: int
     parent_pid: int = 0  # the sweep command's process, whose death stops the worker
 
 
@@ -141,10 +141,11 @@ def run_sweep(
     budget = defn.spec.budget
     guard = FailureGuard(budget.max_consecutive_failures, budget.failure_cap(target),
                          len(study.trials))
+    verbosity = optuna.logging.get_verbosity()
+    if progress:
+        verbosity = max(verbosity, optuna.logging.WARNING)
     args = [WorkerArgs(defn, url, target, guard, created, i, parent, uri, threads,
-                       budget.timeout,
-                       quiet=progress or optuna.logging.get_verbosity() > optuna.logging.INFO,
-                       parent_pid=os.getpid())
+                       budget.timeout, optuna_verbosity=verbosity, parent_pid=os.getpid())
             for i in range(workers)]
 
     client = get_client(uri)
@@ -297,8 +298,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def worker_main(args: WorkerArgs) -> None:
     """One worker: run trials until the study holds ``target`` finished ones."""
     torch.set_num_threads(args.threads)
-    if args.quiet:
-        optuna.logging.set_verbosity(max(optuna.logging.get_verbosity(), optuna.logging.WARNING))
+    optuna.logging.set_verbosity(args.optuna_verbosity)
     defn = args.defn
     study, _ = create_or_load(defn, args.storage, allow_changes=True,  # checked by the command
                               on_stale=StaleRunCloser(args.tracking_uri))
