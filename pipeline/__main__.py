@@ -178,10 +178,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.overrides)
     from pipeline.interrupt import stop_on_signals
-    from pipeline.train import fit  # heavy imports only once the config is known to be valid
+    from pipeline.prepare import prepare  # heavy imports once the config is known to be valid
+    from pipeline.train import check_resumable, train
 
-    with stop_on_signals():  # SIGTERM too ends the run KILLED, its checkpoint kept for --resume
-        result = fit(cfg, checkpoint=True, resume=args.resume)
+    if args.resume:
+        check_resumable(args.resume, cfg)
+    prepared = prepare(cfg)
+    with stop_on_signals(), prepared.run(run_id=args.resume) as run:
+        # SIGTERM too ends the run KILLED, its checkpoint kept for --resume
+        result = train(prepared, run, checkpoint=True, resume=args.resume is not None)
     print(f"MLflow run: {result.run_id}")
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
@@ -206,9 +211,9 @@ WORKERS_PER_GPU = 4
 
 
 def capped_workers(requested: int, accelerator: str) -> int:
-    import torch
+    from pipeline.devices import gpu_count
 
-    gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
+    gpus = gpu_count(accelerator)
     cap, what = ((gpus * WORKERS_PER_GPU, f"{WORKERS_PER_GPU} per GPU x {gpus} GPUs") if gpus
                  else (os.cpu_count() or 1, "the CPU count"))
     if requested > cap:

@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from pipeline.data import DATASETS
+from pipeline.devices import ACCELERATORS
+from pipeline.errors import ConfigError
 from pipeline.losses import LOSSES
 from pipeline.metrics.registry import METRICS, MIN_SAMPLES
 from pipeline.networks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS
@@ -30,15 +32,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "conf" / "defaults.yaml"
 
 # Allowed names come from the registries, so a new loss, dataset or activation needs no edit here.
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Sizes that would exhaust memory rather than train: rejected before anything is allocated.
 MAX_WIDTH = 16_384
 MAX_LAYERS = 32
 MAX_HIDDEN_WEIGHTS = 100_000_000  # per network (400 MB of float32, three times that for Adam)
-
-
-class ConfigError(ValueError):
-    """A configuration mistake, reported as one line naming the key."""
 
 
 @dataclass
@@ -71,7 +68,8 @@ class ModelConfig:
     d_dropout: float = 0.0
     spectral_norm: bool = False  # on D's linear layers
     pack: int = 1  # PacGAN: D judges `pack` samples concatenated
-    output_activation: str = "auto"  # auto = tanh for images, none for 2-D points
+    output_activation: str = "auto"  # auto = tanh for images, table for tables, none for points
+    head_temperature: float = 0.2  # tables: Gumbel-softmax temperature of G's one-hot heads (CTGAN's)
 
     def validate(self) -> None:
         check_range("model.latent_dim", self.latent_dim, 1, MAX_WIDTH)
@@ -97,6 +95,7 @@ class ModelConfig:
         check_range("model.pack", self.pack, 1, 64)
         check_choice("model.output_activation", self.output_activation,
                      ["auto", *OUTPUT_ACTIVATIONS])
+        check_range("model.head_temperature", self.head_temperature, 0, 10, low_open=True)
 
 
 @dataclass

@@ -51,23 +51,24 @@ class GANModule(L.LightningModule):
         generator: Generator,
         discriminator: Discriminator,
         *,
-        loss: str = "bce",
-        n_critic: int = 1,
-        gp_weight: float = 10.0,
-        g_lr: float = 2e-4,
-        d_lr: float = 2e-4,
-        g_betas: Sequence[float] = (0.5, 0.999),
-        d_betas: Sequence[float] = (0.5, 0.999),
-        ema_decay: float = 0.0,
-        lr_decay_start: float = 1.0,
-        total_steps: int = 0,
-        log_every_n_steps: int = 50,
-        evaluator: SampleEvaluator | None = None,
-        full_every_n_epochs: int | None = None,
-        light_metrics: set[str] | None = None,
-        n_picture: int = 64,
-        seed: int = 0,
+        loss: str,
+        n_critic: int,
+        gp_weight: float,
+        g_lr: float,
+        d_lr: float,
+        g_betas: Sequence[float],
+        d_betas: Sequence[float],
+        ema_decay: float,
+        lr_decay_start: float,
+        total_steps: int,
+        log_every_n_steps: int,
+        evaluator: SampleEvaluator | None,
+        full_every_n_epochs: int | None,
+        light_metrics: set[str] | None,
+        n_picture: int,
+        picture_seed: int,
     ) -> None:
+        """Settings as in the config (TrainConfig, EvalConfig), which holds their one default."""
         super().__init__()
         self.automatic_optimization = False
         self.generator = generator
@@ -95,7 +96,7 @@ class GANModule(L.LightningModule):
         self.light_metrics = light_metrics
         # The same z every time, so successive sample pictures show the same latent points move.
         z = torch.randn(n_picture, generator.latent_dim,
-                        generator=torch.Generator().manual_seed(seed + 1))
+                        generator=torch.Generator().manual_seed(picture_seed))
         self.register_buffer("fixed_z", z)
         # The training statistics of the current logging interval, as detached 0-d tensors:
         # averaged once per interval, so a step launches no kernel and waits for no sync for

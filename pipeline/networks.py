@@ -13,6 +13,8 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -31,7 +33,44 @@ ACTIVATIONS: dict[str, Activation] = {
     "tanh": Activation(lambda _: nn.Tanh()),
 }
 
-OUTPUT_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"none": nn.Identity, "tanh": nn.Tanh}
+HEAD_ACTIVATIONS = {"none": 0, "tanh": 1, "softmax": 2}  # a table span's output -> its code
+
+
+class TableHead(nn.Module):
+    """G's output layer for tables: per span of the encoded row (see pipeline.tables), identity,
+    tanh, or a Gumbel-softmax over a one-hot block (a categorical column, a numeric column's
+    mode), as CTGAN does. Gumbel noise in every forward pass, evaluation too, makes the argmax
+    of a block a sample of its softmax rather than its mode: decoding by argmax then keeps the
+    categories' frequencies instead of collapsing each column onto its likeliest category."""
+
+    def __init__(self, heads: Sequence[Sequence[object]], temperature: float) -> None:
+        super().__init__()
+        self.spans: list[tuple[int, int, int]] = [
+            (int(str(start)), int(str(width)), HEAD_ACTIVATIONS[str(act)])
+            for start, width, act in heads]
+        self.temperature = temperature
+
+    def forward(self, x: Tensor) -> Tensor:
+        parts: list[Tensor] = []
+        for start, width, code in self.spans:
+            block = x[:, start : start + width]
+            if code == 2:
+                block = F.gumbel_softmax(block, tau=self.temperature, hard=False)
+            elif code == 1:
+                block = torch.tanh(block)
+            parts.append(block)
+        return torch.cat(parts, dim=1)
+
+
+def output_layer(name: str, heads: Sequence[Sequence[object]], temperature: float) -> nn.Module:
+    if name == "table":
+        if not heads:
+            raise ValueError("output_activation 'table' needs the table's spans (heads)")
+        return TableHead(heads, temperature)
+    return {"none": nn.Identity, "tanh": nn.Tanh}[name]()
+
+
+OUTPUT_ACTIVATIONS = ("none", "tanh", "table")  # table: per-column heads (TableHead)
 
 NORMS: dict[str, Callable[[int], nn.Module] | None] = {
     "none": None,
@@ -90,11 +129,14 @@ class Generator(nn.Module):
         latent_dim: int,
         out_dim: int,
         hidden: Sequence[int],
-        activation: str = "relu",
-        leaky_slope: float = 0.2,
-        norm: str = "none",
-        dropout: float = 0.0,
-        output_activation: str = "none",
+        *,
+        activation: str,
+        leaky_slope: float,
+        norm: str,
+        dropout: float,
+        output_activation: str,
+        heads: Sequence[Sequence[object]],  # tables: [start, width, activation] per span
+        head_temperature: float,  # Gumbel-softmax temperature of TableHead
     ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
@@ -103,7 +145,7 @@ class Generator(nn.Module):
             latent_dim, hidden, out_dim,
             activation=activation, leaky_slope=leaky_slope, norm=norm, dropout=dropout,
         )
-        self.out = OUTPUT_ACTIVATIONS[output_activation]()
+        self.out = output_layer(output_activation, heads, head_temperature)
 
     def forward(self, z: Tensor) -> Tensor:
         return self.out(self.net(z))
@@ -121,12 +163,13 @@ class Discriminator(nn.Module):
         self,
         in_dim: int,
         hidden: Sequence[int],
-        activation: str = "relu",
-        leaky_slope: float = 0.2,
-        norm: str = "none",
-        dropout: float = 0.0,
-        spectral_norm: bool = False,
-        pack: int = 1,
+        *,
+        activation: str,
+        leaky_slope: float,
+        norm: str,
+        dropout: float,
+        spectral_norm: bool,
+        pack: int,
     ) -> None:
         super().__init__()
         self.pack = pack

@@ -153,11 +153,14 @@ def run_seeds(jobs: list[tuple[dict[str, Any], str, str, int]],
 
 def train_seed(cfg_dict: dict[str, Any], name: str, parent: str, seed: int) -> dict[str, Any]:
     from pipeline.logs import quiet_libraries
-    from pipeline.train import fit
+    from pipeline.prepare import prepare
+    from pipeline.train import train
 
     quiet_libraries()
-    result = fit(config_from_dict(cfg_dict), run_name=f"reeval {name} seed {seed}",
-                 parent_run_id=parent, tags={"reeval": "true", "reeval_seed": seed})
+    prepared = prepare(config_from_dict(cfg_dict))
+    with prepared.run(run_name=f"reeval {name} seed {seed}", parent_run_id=parent,
+                      tags={"reeval": "true", "reeval_seed": seed}) as run:
+        result = train(prepared, run)
     if not result.metrics:
         raise ConfigError(f"seed {seed}: no evaluation ran")
     return {"run_id": result.run_id, "metrics": result.metrics}

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.batches import TensorBatches
 from pipeline.config import DataConfig
-from pipeline.data import DataError, TensorBatches, digits, grid25, load_dataset, ring8
+from pipeline.data import DataError, digits, grid25, load_dataset, ring8
 
 
 def test_ring8_has_eight_distinct_angles() -> None:

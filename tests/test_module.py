@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.data import TensorBatches
+from pipeline.batches import TensorBatches
 from pipeline.module import GANModule
-from pipeline.train import build_module, cached_dataset, make_trainer
+from pipeline.prepare import build_module, cached_dataset
+from pipeline.train import make_trainer
 
 
 def train(cfg, *, chunk: int, steps: int = 6) -> GANModule:

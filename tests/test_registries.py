@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fit_helper import fit
 from torch import nn
 
 from pipeline import losses
@@ -12,8 +13,8 @@ from pipeline.config import ConfigError, load_config
 from pipeline.data import DATASETS, Mixture, ring_centres
 from pipeline.metrics import registry
 from pipeline.networks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, Activation
+from pipeline.prepare import cached_dataset
 from pipeline.study.spec import parse_study
-from pipeline.train import cached_dataset, fit
 
 CHOICES = [
     ("data.name", list(DATASETS)),

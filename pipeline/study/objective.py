@@ -1,12 +1,15 @@
-"""One trial: the study's base config with sampled overrides, trained by ``fit``, one number out.
+"""One trial: the study's base config with sampled overrides, prepared, trained, one number out.
 
-A trial is exactly a single run (the same ``fit`` as ``python -m pipeline train``) nested under
-the study's parent MLflow run, with Optuna's pruning callback watching its evaluations.
+A trial is exactly a single run (the same ``prepare`` and ``train`` as ``python -m pipeline
+train``) nested under the study's parent MLflow run, with Optuna's pruning callback watching its
+evaluations. It reads like Optuna's recipe: suggest, build, fit, return the value.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -15,7 +18,10 @@ from pipeline.metrics.registry import EVAL_SECONDS, VAL_PREFIX
 from pipeline.study.space import sample
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import ERROR_ATTR, OWNER_ATTR, RUN_ATTR, this_worker
-from pipeline.tracking import Ending, RunLogger
+from pipeline.tracking import Ending
+
+if TYPE_CHECKING:
+    import lightning.pytorch as L
 
 # A pruned trial did what it was asked: stopped early on purpose. It ends FINISHED (not with
 # the red cross of a crash) and its tag says why.
@@ -24,12 +30,15 @@ PRUNED = Ending("FINISHED", {"optuna_state": "PRUNED"})
 
 class Objective:
     def __init__(self, defn: StudyDefinition, parent_run_id: str, uri: str, threads: int,
-                 device: str) -> None:
+                 device: str, *, callbacks: Sequence[L.Callback] = ()) -> None:
+        """``callbacks``: more Lightning callbacks for every trial's training, after the pruning
+        one (the benchmark's stopwatch)."""
         self.defn = defn
         self.parent_run_id = parent_run_id
         self.uri = uri
         self.threads = threads
         self.device = device
+        self.callbacks = tuple(callbacks)
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(OWNER_ATTR, this_worker())  # so a resume can tell it died
@@ -43,8 +52,30 @@ class Objective:
     def _run(self, trial: optuna.Trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
 
-        from pipeline.train import fit
+        from pipeline.prepare import prepare
+        from pipeline.train import train
 
+        cfg, sampled = self.trial_config(trial)
+        prepared = prepare(cfg, device=self.device)
+        metric = self.defn.spec.objective.metric
+        with prepared.run(run_name=trial_run_name(trial.number, cfg),
+                          parent_run_id=self.parent_run_id,
+                          tags={"optuna_study": self.defn.name, "optuna_trial": trial.number},
+                          ended_by={optuna.TrialPruned: PRUNED}) as run:
+            trial.set_user_attr(RUN_ATTR, run.run_id)
+            run.log_params({f"sampled.{k}": v for k, v in sampled.items()})
+            # Reports every evaluation to Optuna (the dashboard's intermediate values) and asks
+            # the pruner, which never prunes when it is "none".
+            result = train(prepared, run, callbacks=[
+                PyTorchLightningPruningCallback(trial, monitor=metric), *self.callbacks])
+            value = objective_value(result.history.get(metric, []), metric,
+                                    self.defn.spec.objective.last_k)
+            run.log_metrics({"objective": value}, step=result.epochs_evaluated[-1])
+            run.set_tags({"optuna_state": "COMPLETE"})
+        return value
+
+    def trial_config(self, trial: optuna.Trial) -> tuple[Config, dict[str, Any]]:
+        """The study's base config with the trial's sampled values, run as a worker runs it."""
         nested, sampled = sample(trial, self.defn.space, self.defn.base.to_dict())
         nested["train"].update(progress_bar=False, threads=self.threads)
         nested["tracking"]["tracking_uri"] = self.uri
@@ -52,39 +83,19 @@ class Objective:
         objective_name = self.defn.spec.objective.metric.removeprefix(VAL_PREFIX)
         if objective_name != EVAL_SECONDS and objective_name not in nested["eval"]["always"]:
             nested["eval"]["always"] = [*nested["eval"]["always"], objective_name]
-        cfg = config_from_dict(nested)
-        metric = self.defn.spec.objective.metric
-        # Reports every evaluation to Optuna (the dashboard's intermediate values) and asks the
-        # pruner, which never prunes when it is "none".
-        callbacks = [PyTorchLightningPruningCallback(trial, monitor=metric)]
-        spec = self.defn.spec.objective
-        value: list[float] = []
+        return config_from_dict(nested), sampled
 
-        def score(run: RunLogger, history: dict[str, list[float]], epochs: list[int]) -> None:
-            """Inside the trial's run, so that a bad objective ends it FAILED."""
-            last = history.get(metric, [])[-spec.last_k:]
-            if not last:
-                raise ObjectiveError(f"objective {metric} was never logged")
-            objective = sum(last) / len(last)
-            if not math.isfinite(objective):
-                raise ObjectiveError(f"objective {metric} is {objective} (training diverged?)")
-            run.log_metrics({"objective": objective}, step=epochs[-1])
-            run.set_tags({"optuna_state": "COMPLETE"})
-            value.append(objective)
 
-        fit(
-            cfg,
-            run_name=trial_run_name(trial.number, cfg),
-            parent_run_id=self.parent_run_id,
-            tags={"optuna_study": self.defn.name, "optuna_trial": trial.number},
-            extra_params={f"sampled.{k}": v for k, v in sampled.items()},
-            callbacks=callbacks,
-            ended_by={optuna.TrialPruned: PRUNED},
-            device=self.device,
-            on_run_start=lambda run_id: trial.set_user_attr(RUN_ATTR, run_id),
-            finish=score,
-        )
-        return value[0]
+def objective_value(history: list[float], metric: str, last_k: int) -> float:
+    """The mean of the metric's last ``last_k`` evaluations; raised inside the trial's run, so
+    that a missing or non-finite objective ends it FAILED."""
+    last = history[-last_k:]
+    if not last:
+        raise ObjectiveError(f"objective {metric} was never logged")
+    value = sum(last) / len(last)
+    if not math.isfinite(value):
+        raise ObjectiveError(f"objective {metric} is {value} (training diverged?)")
+    return value
 
 
 class ObjectiveError(RuntimeError):
