@@ -5,6 +5,10 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STUDY ?= grid25
+# Your table file or image folder for a template study (studies/table.yaml): the study is then
+# named <study>-<file stem>, and compare/export/reeval find it under that name.
+DATA ?=
+STUDY_NAME := $(STUDY)$(if $(DATA),-$(basename $(notdir $(DATA))))
 TRIALS ?=
 # Two 1-thread workers ran ~2.2x the iterations/s of one 2-thread process on 2 cores.
 WORKERS ?= 2
@@ -15,7 +19,7 @@ PORT ?= 5000
 DASHBOARD_PORT ?= 8080
 PYTEST_ARGS ?=
 
-SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS)
+SWEEP_ARGS := $(if $(TRIALS),--trials $(TRIALS)) --workers $(WORKERS) $(if $(DATA),--data $(DATA))
 
 .PHONY: help install sweep train test test-slow lint compare export reeval bench ui dashboard clean
 
@@ -33,8 +37,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the project (CPU torch: TORCH_SPEC=...)
 
-sweep: $(STAMP) ## run a study: make sweep [STUDY=grid25] [TRIALS=N] [WORKERS=K]
+sweep: $(STAMP) $(filter runs/data/%,$(DATA)) ## run a study: make sweep [STUDY=grid25] [TRIALS=N] [WORKERS=K] [DATA=file]
 	$(PY) -m pipeline sweep studies/$(STUDY).yaml $(SWEEP_ARGS)
+
+# The tables that packages ship, written on demand: make sweep STUDY=table DATA=runs/data/penguins.csv
+runs/data/%.csv: | $(STAMP)
+	$(PY) -m pipeline tables $* --out $@
 
 train: $(STAMP) ## train one config: make train ARGS="data.name=ring8 train.epochs=5"
 	$(PY) -m pipeline train $(ARGS)
@@ -50,16 +58,16 @@ lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/mypy
 
 compare: $(STAMP) ## top-K trials: make compare [STUDY=grid25] [TOP=5] [FORMAT=table|markdown|csv|json]
-	$(PY) -m pipeline compare --study $(STUDY) --top $(TOP) --format $(FORMAT)
+	$(PY) -m pipeline compare --study $(STUDY_NAME) --top $(TOP) --format $(FORMAT)
 
 export: $(STAMP) ## export the best trial's generator: make export [STUDY=grid25]
-	$(PY) -m pipeline export --study $(STUDY)
+	$(PY) -m pipeline export --study $(STUDY_NAME)
 
 reeval: $(STAMP) ## retrain a study's best config on fresh seeds: make reeval [STUDY=grid25] [SEEDS=5]
-	$(PY) -m pipeline reeval --study $(STUDY) --seeds $(SEEDS) --workers $(WORKERS)
+	$(PY) -m pipeline reeval --study $(STUDY_NAME) --seeds $(SEEDS) --workers $(WORKERS)
 
 bench: $(STAMP) ## the performance benchmark (~30 min, a quiet machine): bench/results.json
-	$(PY) -m pipeline.bench --out bench
+	$(PY) -m bench.bench --out bench
 
 ui: $(STAMP) ## MLflow UI on the project's store, http://127.0.0.1:$(PORT)
 	$(PY) -m pipeline ui --port $(PORT)

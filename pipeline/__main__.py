@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="resume although the study file's objective, search space or base "
                         "config changed since the study was created")
     p.add_argument("--no-progress", action="store_true", help="no study progress line")
+    p.add_argument("--data", metavar="PATH",
+                   help="your table file or image folder for the study's data.path; the study "
+                        "is then named <study file>-<data file stem>")
     p.set_defaults(func=cmd_sweep)
 
     p = commands.add_parser("evaluate", help="score an (N, D) .npy of samples; prints JSON")
@@ -102,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = commands.add_parser("export", help="register and export the best trial's generator")
     p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
-    p.add_argument("--out", help="folder (default exports/<study>/)")
+    p.add_argument("--out", help="folder (default exports/<study>/): new, empty or an earlier "
+                                 "export of the same run")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out folder (or through a link) anyway")
     p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
                                      "runs/optuna.journal)")
     p.set_defaults(func=cmd_export)
@@ -129,6 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default 0)")
     p.add_argument("--out", required=True, help="where to write them: .npy, .csv or .png")
     p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("tables", help="write a table that an installed package ships "
+                                           "(offline), to try the table studies on")
+    p.add_argument("name", help="penguins, fair, seattle_weather or breast_cancer")
+    p.add_argument("--out", help="file to write: .csv, .tsv or .parquet (default "
+                                 "runs/data/NAME.csv)")
+    p.set_defaults(func=cmd_tables)
 
     p = commands.add_parser("ui", help="MLflow UI on the project's store, bound to 127.0.0.1")
     p.add_argument("--port", type=port, default=5000, help="port (default 5000)")
@@ -195,7 +208,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from pipeline.study.spec import load_study_file
 
-    defn = load_study_file(args.study_file)  # fail fast, before the heavy imports
+    defn = load_study_file(args.study_file, data=args.data)  # fail fast, before heavy imports
+    check_data(defn.base)
     workers = capped_workers(args.workers, defn.base.train.accelerator)
     from pipeline.study.sweep import run_sweep, summary_lines
 
@@ -203,6 +217,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                         progress=not args.no_progress, allow_changes=args.allow_changes)
     print("\n".join(summary_lines(summary)))
     return 0
+
+
+def check_data(base: Any) -> None:
+    """A user's file or folder is read once before the study starts: a missing or bad one is
+    one line here, not a failed trial after the study and its MLflow run were created."""
+    from pipeline.data import DATASETS
+
+    if DATASETS[base.data.name].reads_path:
+        from pipeline.prepare import cached_dataset
+
+        cached_dataset(base.data, base.train.seed)
 
 
 # A worker holds ~110 MB and its own torch threads: more than one per core (or a few per GPU)
@@ -235,7 +260,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pipeline.export import export_best
 
-    out, version = export_best(args.study, args.out, storage=args.storage)
+    out, version = export_best(args.study, args.out, storage=args.storage, force=args.force)
     print(f"exported to {out}; registered as models:/{args.study}-generator@champion "
           f"(version {version})")
     return 0
@@ -257,6 +282,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     samples, config = sample_export(args.export_dir, args.n, args.seed)
     print(write_samples(samples, config, args.out))
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from pipeline.tables.shipped import write_shipped
+
+    print(write_shipped(args.name, args.out or f"runs/data/{args.name}.csv"))
     return 0
 
 

@@ -19,7 +19,7 @@ from mlflow.entities import Metric
 from pipeline import interrupt
 from pipeline.data import Dataset
 from pipeline.module import GANModule
-from pipeline.plots import samples_figure
+from pipeline.plots import samples_figure, table_figure
 from pipeline.tracking import RunLogger, now_ms
 
 
@@ -99,12 +99,15 @@ class MlflowMetrics(L.Callback):
                     artifact_file: str | None = None) -> None:
         """A step-indexed image (the MLflow UI's slider), or a named artifact file."""
         ds = self.dataset
-        fig = samples_figure(
-            pl_module.picture_samples().numpy(),
-            image_shape=ds.image_shape,
-            centres=None if ds.centres is None else ds.centres.numpy(),
-            title=f"{ds.name}: {title}",
-        )
+        samples = pl_module.picture_samples().numpy()
+        if ds.table is not None:
+            t = ds.table
+            fig = table_figure(t.transformer.inverse_transform(samples), t.test_frame,
+                               t.transformer.categorical, title=f"{ds.name}: {title}")
+        else:
+            fig = samples_figure(samples, image_shape=ds.image_shape,
+                                 centres=None if ds.centres is None else ds.centres.numpy(),
+                                 title=f"{ds.name}: {title}")
         if artifact_file is not None:
             self.run.log_figure(fig, artifact_file)
         else:

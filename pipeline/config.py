@@ -12,6 +12,7 @@ import dataclasses
 import itertools
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,7 @@ from pipeline.errors import ConfigError
 from pipeline.losses import LOSSES
 from pipeline.metrics.registry import METRICS, MIN_SAMPLES
 from pipeline.networks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS
+from pipeline.tables.transform import NUMERIC_ENCODINGS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = PROJECT_ROOT / "conf" / "defaults.yaml"
@@ -45,9 +47,23 @@ class DataConfig:
     n_points: int = 100_000  # mixtures: training points drawn from the seed (PacGAN uses 100k)
     radius: float = 1.0  # ring8: radius of the circle of modes
     std: float | None = None  # mixtures: component std; None = PacGAN's (ring8 0.01, grid25 0.05)
+    path: str | None = None  # table: a .csv/.tsv/.parquet/.npy file; images: a folder
+    columns: list[str] | None = None  # table: the columns to model; None = all
+    label: str | None = None  # table: a categorical column whose categories are the classes
+    categorical: list[str] = field(default_factory=list)  # table: columns to treat as categories
+    dropna: bool = False  # table: drop rows with missing values instead of refusing them
+    test_fraction: float = 0.2  # table, images: the held-out rows the metrics compare against
+    numeric_encoding: str = "standard"  # table: standard, quantile or mode (CTGAN's)
 
     def validate(self) -> None:
         check_choice("data.name", self.name, DATASETS)
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"data.test_fraction: got {self.test_fraction!r}, expected a "
+                              "number in (0, 1)")
+        check_choice("data.numeric_encoding", self.numeric_encoding, NUMERIC_ENCODINGS)
+        if self.path is not None and not DATASETS[self.name].reads_path:
+            raise ConfigError(f"data.path: {self.name} reads no file (data.path is for "
+                              "data.name=table or images)")
         check_range("data.n_points", self.n_points, 1, 10_000_000)
         check_range("data.radius", self.radius, 0, 1000, low_open=True)
         if self.std is not None:
@@ -202,7 +218,7 @@ class Config:
             raise ConfigError(
                 f"eval.every_n_epochs: got {self.eval.every_n_epochs}, expected at most "
                 f"train.epochs ({self.train.epochs}): the run would never be evaluated")
-        if DATASETS[self.data.name].seeded:
+        if DATASETS[self.data.name].has_centres:  # mixtures: drawn from the seed
             least = max(self.train.batch_size, self.eval.n_samples)
             if self.data.n_points < least:
                 raise ConfigError(
@@ -244,13 +260,68 @@ def load_config(
     return config_from_dict(merged)
 
 
+MAX_YAML_BYTES = 1_000_000  # a config or study file is a few KB: more is a wrong file
+MAX_YAML_DEPTH = 50  # nesting levels; a config has 2 or 3
+SHOWN_CHARS = 200  # what an error message echoes of a value
+
+
+# A URL's password (scheme://user:PASSWORD@host, up to the last '@' before the host) and
+# query parameters that carry a secret (?password=, &access_token=, ;sig= ...).
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s'\"]*:)[^\s'\"/]*@")
+_QUERY_SECRET = re.compile(
+    r"((?:^|[?&;\s])(?:[a-z_]*(?:password|passwd|pwd|secret|token|api_?key)|key|sig|signature"
+    r"|auth)=)[^&;\s'\"]*", re.IGNORECASE)
+
+
+def mask_secrets(value: Any) -> Any:
+    """Passwords in URIs hidden, for every kind (postgresql://u:pw@, http://u:pw@, ?password=):
+    the one function everything that prints, logs or tags a URI, or an error holding one, uses.
+    Anything but a string is returned as is."""
+    if isinstance(value, str):
+        return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", value))
+    return value
+
+
+def cut(text: str) -> str:
+    """Text for an error message: secrets masked, cut to SHOWN_CHARS (a pasted blob keeps the
+    message short)."""
+    text = mask_secrets(text)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}... ({len(text):,} characters)"
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for an error message, secrets masked and cut to SHOWN_CHARS."""
+    return cut(repr(value))
+
+
+def read_text_file(path: Path, what: str = "file") -> str:
+    """A small UTF-8 text file. At most MAX_YAML_BYTES + 1 bytes are read, so /dev/zero, an
+    image or a multi-gigabyte file given by mistake fails at once."""
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{path}: a folder, not a {what}")
+        if path.is_fifo() or path.is_socket():  # opening one would wait for a writer
+            raise ConfigError(f"{path}: not a regular file, expected a {what}")
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    if b"\0" in data:
+        raise ConfigError(f"{path}: a binary file, not a YAML {what}")
+    if len(data) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_YAML_BYTES:,} bytes, not a YAML {what}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}), not a YAML {what}"
+                          ) from None
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the file ({exc.strerror})") from None
-    data = parse_yaml(text, str(path))
+    data = parse_yaml(read_text_file(path), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -258,15 +329,68 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML this project does not accept (a repeated key, an anchor)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without its two silent traps: a key given twice (PyYAML keeps the
+    last one, so an edit lower down the file silently wins) and anchors/aliases (``&a``/``*a``:
+    a few lines of aliases expand to billions of values; a config file never needs them)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(problem="anchors and aliases (&name, *name) are not allowed; write "
+                                   "the value out", problem_mark=event.start_mark)
+        if self.depth >= MAX_YAML_DEPTH:  # before Python's recursion limit, and at once
+            raise _Refused(problem=f"nested more than {MAX_YAML_DEPTH} levels deep",
+                           problem_mark=event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<': merged keys may be overridden, that is what it is for
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = key in first
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if seen:
+                raise _Refused(problem=f"duplicate key {shown(key)} (first at line "
+                                       f"{first[key] + 1})", problem_mark=key_node.start_mark)
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """YAML text -> Python values; malformed YAML is a ConfigError naming ``source`` and line."""
+    """YAML text -> Python values; malformed YAML, a repeated key or an alias is a ConfigError
+    naming ``source`` and the line."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_YAML_BYTES:,} characters, not YAML "
+                          f"this project reads")
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds no objects
+    except _Refused as exc:
+        mark = exc.problem_mark
+        raise ConfigError(f"{source}: line {mark.line + 1 if mark else '?'}: "
+                          f"{exc.problem}") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        problem = getattr(exc, "problem", exc)
-        raise ConfigError(f"{source}: malformed YAML{line}: {problem}") from None
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{source}: malformed YAML{line}: {cut(str(problem))}") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ConfigError(f"{source}: unreadable value ({cut(str(exc).split(';')[0])})"
+                          ) from None
 
 
 def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
@@ -275,17 +399,16 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            raise ConfigError(f"{key}: cannot parse value {raw!r}") from None
+            raise ConfigError(f"override {shown(item)}: expected key=value, e.g. train.epochs=2")
+        # a repeated key or an alias is refused here too
+        value = parse_yaml(raw, f"{cut(key)}: value {shown(raw)}") if raw.strip() else None
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+                raise ConfigError(f"override {shown(item)}: {shown(part)} is a value, not a "
+                                  f"section")
         node[parts[-1]] = value
     return nested
 

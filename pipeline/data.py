@@ -11,9 +11,10 @@ import math
 import os
 import struct
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class Dataset:
     train_labels: Tensor | None = None  # (N,) int64 class labels (images only)
     test: Tensor | None = None  # held-out split (images): tests the FID feature classifier
     test_labels: Tensor | None = None
-    image_shape: tuple[int, int] | None = None  # (H, W) for images
+    image_shape: tuple[int, ...] | None = None  # (H, W) for images, (H, W, 3) for RGB
     num_classes: int | None = None
     centres: Tensor | None = None  # (K, 2) mode centres (mixtures only)
     std: float | None = None  # per-coordinate std of each mixture component
@@ -83,6 +84,7 @@ class Mixture:
     kind: Literal["points"] = "points"
     seeded: bool = True  # the training points depend on the seed (so do caches of them)
     has_centres: bool = True
+    reads_path: bool = False  # data.path names its file or folder
 
     def load(self, name: str, cfg: DataConfig, seed: int) -> Dataset:
         return mixture(name, self.centres(cfg.radius), cfg.n_points, cfg.std or self.std, seed)
@@ -96,12 +98,88 @@ class Images:
     kind: Literal["images"] = "images"
     seeded: bool = False  # fixed files: one cache entry serves every seed
     has_centres: bool = False
+    reads_path: bool = False
 
     def load(self, name: str, cfg: DataConfig, seed: int) -> Dataset:
         return self.read(name, cfg.root)
 
 
-DatasetInfo = Mixture | Images
+@dataclass(frozen=True)
+class TableFile:
+    """A user's table (data.path: .csv, .tsv, .parquet, .npy), encoded for the networks by a
+    TableTransformer and split into training and held-out rows from the seed."""
+
+    kind: Literal["table"] = "table"
+    seeded: bool = True  # the held-out split is drawn from the seed
+    has_centres: bool = False
+    reads_path: bool = True
+
+    def load(self, name: str, cfg: DataConfig, seed: int) -> Dataset:
+        from pipeline.tables.read import read_table, split_rows
+        from pipeline.tables.transform import TableTransformer
+
+        if not cfg.path:
+            raise DataError("data.name=table needs data.path=FILE (.csv, .tsv, .parquet or "
+                            ".npy); `python -m pipeline tables --write NAME` writes a shipped one")
+        table = read_table(cfg.path, columns=cfg.columns, label=cfg.label,
+                           categorical=cfg.categorical, dropna=cfg.dropna)
+        train_frame, test_frame = split_rows(table.frame, cfg.test_fraction, seed)
+        # Fitted on every row, as CTGAN does: a category seen only in the held-out rows must
+        # still have a place in the encoding; the networks only ever train on the train split.
+        transformer = TableTransformer.fit(table.frame, table.categorical, cfg.numeric_encoding,
+                                           seed=seed)
+        labels: dict[str, Any] = {}
+        if table.label is not None:
+            categories = sorted(map(str, table.frame[table.label].unique()))
+            code = {c: i for i, c in enumerate(categories)}
+            labels = {
+                "train_labels": torch.tensor([code[str(v)] for v in train_frame[table.label]]),
+                "test_labels": torch.tensor([code[str(v)] for v in test_frame[table.label]]),
+                "num_classes": len(categories),
+            }
+        stem = Path(table.source).stem
+        return Dataset(
+            name=stem, kind="table",
+            train=torch.from_numpy(transformer.transform(train_frame)),
+            test=torch.from_numpy(transformer.transform(test_frame)),
+            source={"file": table.source, "sha256": table.digest, "rows": str(len(table.frame)),
+                    "columns": ",".join(table.frame.columns)[:500],
+                    "split": f"test_fraction={cfg.test_fraction}, seed={seed}"},
+            table=TableParts(transformer, train_frame, test_frame, table.label),
+            **labels,
+        )
+
+
+IMAGE_FOLDER_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A user's folder of same-sized PNG/JPEG images (data.path), labelled by sub-folder if its
+    images are sorted into them. The held-out split is fixed (seed 0, as for digits): the cached
+    feature classifier is trained on the training split, so every run must share it."""
+
+    kind: Literal["images"] = "images"
+    seeded: bool = False
+    has_centres: bool = False
+    reads_path: bool = True
+
+    def load(self, name: str, cfg: DataConfig, seed: int) -> Dataset:
+        from pipeline.readers.image_folder import image_folder
+
+        if not cfg.path:
+            raise DataError("data.name=images needs data.path=FOLDER (PNG/JPEG files of one "
+                            "size, optionally in one sub-folder per class)")
+        folder = Path(cfg.path).expanduser()
+        dataset = image_folder(folder.name or "images", folder, test_fraction=cfg.test_fraction,
+                               seed=IMAGE_FOLDER_SPLIT_SEED)
+        # The feature classifier is cached by dataset name: name it by content, so that two
+        # folders (or an edited one) never share a classifier.
+        digest = dataset.source["digest"][:12] if isinstance(dataset.source, dict) else ""
+        return dataclasses.replace(dataset, name=f"{dataset.name}-{digest}")
+
+
+DatasetInfo = Mixture | Images | TableFile | ImageFolder
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
@@ -260,6 +338,8 @@ DATASETS: dict[str, DatasetInfo] = {
         "or set FASHION_MNIST_DIR",
         default=DEBIAN_FASHION_MNIST,
     )),
+    "table": TableFile(),
+    "images": ImageFolder(),
     "mnist": Images(IdxFolder(
         "MNIST_DIR",
         "download the four MNIST *-ubyte.gz files into a folder and pass data.root=FOLDER "

@@ -1,9 +1,11 @@
-"""Sample pictures as PNG bytes: an image grid, or a scatter over the mixture's mode centres."""
+"""Sample pictures: an image grid, a scatter over the mixture's mode centres, or a table's
+columns (synthetic against held-out rows)."""
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -11,6 +13,7 @@ matplotlib.use("Agg")  # headless: workers and CI have no display
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -18,7 +21,7 @@ from PIL import Image
 def samples_png(
     samples: np.ndarray,
     *,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     centres: np.ndarray | None = None,
     title: str = "",
 ) -> bytes:
@@ -29,7 +32,7 @@ def samples_png(
 def samples_figure(
     samples: np.ndarray,
     *,
-    image_shape: tuple[int, int] | None = None,
+    image_shape: tuple[int, ...] | None = None,
     centres: np.ndarray | None = None,
     title: str = "",
     ax: plt.Axes | None = None,
@@ -39,7 +42,11 @@ def samples_figure(
     else:
         fig = ax.get_figure(root=True)  # type: ignore[assignment]
     if image_shape is not None:
-        ax.imshow(image_grid(samples, image_shape), cmap="gray", vmin=-1, vmax=1)
+        grid = image_grid(samples, image_shape)
+        if grid.ndim == 3:  # RGB in [-1, 1] -> [0, 1] for imshow
+            ax.imshow((grid + 1.0) / 2.0)
+        else:
+            ax.imshow(grid, cmap="gray", vmin=-1, vmax=1)
         ax.axis("off")
     else:
         ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
@@ -55,18 +62,57 @@ def samples_figure(
     return fig
 
 
-def image_grid(samples: np.ndarray, image_shape: tuple[int, int], pad: int = 1) -> np.ndarray:
-    """(N, H*W) in [-1, 1] -> one (rows*(H+pad), cols*(W+pad)) picture, padded with -1."""
-    h, w = image_shape
+def image_grid(samples: np.ndarray, image_shape: tuple[int, ...], pad: int = 1) -> np.ndarray:
+    """(N, H*W[*C]) in [-1, 1] -> one (rows*(H+pad), cols*(W+pad)[, C]) picture, padded with -1."""
+    h, w = image_shape[:2]
     n = len(samples)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad), -1.0, dtype=np.float32)
-    for i, img in enumerate(np.clip(samples, -1, 1).reshape(n, h, w)):
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, *image_shape[2:]), -1.0,
+                   dtype=np.float32)
+    for i, img in enumerate(np.clip(samples, -1, 1).reshape(n, *image_shape)):
         r, c = divmod(i, cols)
         grid[pad + r * (h + pad) : pad + r * (h + pad) + h,
              pad + c * (w + pad) : pad + c * (w + pad) + w] = img
     return grid
+
+
+TABLE_FIGURE_COLUMNS = 12  # more small panels than this are unreadable at 600 px a row
+TABLE_FIGURE_CATEGORIES = 8  # the most frequent categories of a column; the rest as "other"
+
+
+def table_figure(synthetic: pd.DataFrame, real: pd.DataFrame, categorical: Sequence[str], *,
+                 title: str = "") -> Figure:
+    """One panel per column (the first 12): numeric columns as histograms of held-out and
+    synthetic rows on shared bins, categorical ones as side-by-side category frequencies."""
+    columns = list(real.columns)[:TABLE_FIGURE_COLUMNS]
+    cols = min(4, len(columns))
+    rows = math.ceil(len(columns) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, columns, strict=False):
+        if name in categorical:
+            real_freq = real[name].astype(str).value_counts(normalize=True)
+            keep = list(real_freq.index[:TABLE_FIGURE_CATEGORIES])
+            fake_freq = synthetic[name].astype(str).value_counts(normalize=True)
+            x = np.arange(len(keep))
+            ax.bar(x - 0.2, [real_freq.get(k, 0.0) for k in keep], 0.4, label="held-out")
+            ax.bar(x + 0.2, [fake_freq.get(k, 0.0) for k in keep], 0.4, label="synthetic")
+            ax.set_xticks(x, [k[:10] for k in keep], rotation=30, fontsize=7)
+        else:
+            values = real[name].to_numpy(dtype=float)
+            bins = np.histogram_bin_edges(values, bins=20)
+            ax.hist(values, bins=bins, density=True, alpha=0.5, label="held-out")
+            ax.hist(synthetic[name].to_numpy(dtype=float), bins=bins, density=True, alpha=0.5,
+                    label="synthetic")
+            ax.tick_params(labelsize=7)
+        ax.set_title(str(name)[:30], fontsize=8)
+    for ax in list(axes.flat)[len(columns):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def figure_image(fig: Figure) -> Image.Image:

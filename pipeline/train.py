@@ -33,6 +33,7 @@ class FitResult:
     metrics: dict[str, float]  # the last evaluation, keys 'val/<name>'
     history: dict[str, list[float]]  # 'val/<name>' -> one value per evaluation
     epochs_evaluated: list[int]
+    floor: dict[str, float]  # the same metrics for real rows: what a perfect generator scores
 
 
 def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (),
@@ -44,10 +45,13 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
     (same run, same final metrics). Parameters are logged once, by the run's first training.
     """
     cfg, module = prep.cfg, prep.module
+    floor = real_floor(prep)
     if not resume:
         run.log_params(prep.params())
         ds = prep.dataset
         run.log_training_data(ds.train.numpy(), f"{ds.name}-train", ds.source)
+        if floor:
+            run.log_metrics({f"{FLOOR_PREFIX}{k}": v for k, v in floor.items()}, step=0)
     tracker = MlflowMetrics(run, prep.dataset,
                             sample_every_n_epochs=cfg.train.sample_every_n_epochs)
     saver = EpochCheckpoint(run.run_id, cfg) if checkpoint or resume else None
@@ -65,7 +69,19 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
     if saver is not None:
         saver.remove()
     final = {k: v[-1] for k, v in tracker.history.items()}
-    return FitResult(run.run_id, final, dict(tracker.history), tracker.epochs_evaluated)
+    return FitResult(run.run_id, final, dict(tracker.history), tracker.epochs_evaluated, floor)
+
+
+FLOOR_PREFIX = "floor/"  # floor/<metric>: the metric of real rows, beside val/<metric>
+
+
+def real_floor(prep: Prepared) -> dict[str, float]:
+    """The evaluator's floor (computed once per evaluator, so once per study worker), or none
+    for data with no second real sample to score (points without known mixture centres)."""
+    try:
+        return prep.evaluator.floor()
+    except ValueError:
+        return {}
 
 
 def make_trainer(cfg: Config, device: str, callbacks: Sequence[L.Callback]) -> L.Trainer:

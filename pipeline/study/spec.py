@@ -19,10 +19,12 @@ from pipeline.config import (
     Config,
     ConfigError,
     TrackingConfig,
+    _deep_merge,
     build_dataclass,
     check_choice,
     load_config,
     parse_yaml,
+    read_text_file,
     read_yaml,
 )
 from pipeline.data import DATASETS
@@ -121,19 +123,26 @@ class StudyDefinition:
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # as Optuna parameter names
 
 
-def load_study_file(path: str | Path) -> StudyDefinition:
+def load_study_file(path: str | Path, *, data: str | None = None) -> StudyDefinition:
+    """The study file; ``data`` (a table file or image folder) replaces the base's
+    ``data.path`` and names the study ``<file stem>-<data stem>``, so that one template serves
+    many tables, each its own study."""
     path = Path(path)
     if not path.is_file():
-        what = "a folder, not a study file" if path.is_dir() else "no such study file"
+        what = ("a folder, not a study file" if path.is_dir() else
+                "not a regular file, expected a study file" if path.exists() else
+                "no such study file")
         raise ConfigError(f"{path}: {what} (see studies/ for the shipped ones)")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the study file ({exc})") from None
-    return parse_study(text, default_name=path.stem, source=str(path))
+    text = read_text_file(path, "study file")  # bounded: /dev/zero or a PNG fails at once
+    if data is None:
+        return parse_study(text, default_name=path.stem, source=str(path))
+    data_path = Path(data).expanduser().resolve()
+    return parse_study(text, default_name=f"{path.stem}-{data_path.stem}", source=str(path),
+                       base_overrides={"data": {"path": str(data_path)}})
 
 
-def parse_study(text: str, *, default_name: str, source: str = "study") -> StudyDefinition:
+def parse_study(text: str, *, default_name: str, source: str = "study",
+                base_overrides: dict[str, Any] | None = None) -> StudyDefinition:
     raw = parse_yaml(text, source) if text.strip() else None
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with at least search_space")
@@ -145,7 +154,7 @@ def parse_study(text: str, *, default_name: str, source: str = "study") -> Study
         if not config_file.is_absolute():
             config_file = PROJECT_ROOT / config_file
         read_yaml(config_file)  # a clear error if it is missing
-    base_extra = dict(spec.base)
+    base_extra = _deep_merge(dict(spec.base), base_overrides or {})
     if spec.budget.epochs is not None:
         base_extra = {**base_extra, "train": {**base_extra.get("train", {}),
                                               "epochs": spec.budget.epochs}}

@@ -1,0 +1,1 @@
+"""Readers that turn a user's files on disk into a `pipeline.data.Dataset`."""
