@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import lightning.pytorch as L
 from pipeline.callbacks import MlflowMetrics, StopOnRequest
 from pipeline.checkpoint import EpochCheckpoint, checkpoint_path, resume_config
 from pipeline.config import Config, ConfigError
+from pipeline.costs import costs
 from pipeline.devices import lightning_devices
 from pipeline.model_log import log_weights
 from pipeline.prepare import Prepared
@@ -34,6 +36,7 @@ class FitResult:
     history: dict[str, list[float]]  # 'val/<name>' -> one value per evaluation
     epochs_evaluated: list[int]
     floor: dict[str, float]  # the same metrics for real rows: what a perfect generator scores
+    costs: dict[str, float]  # 'cost/<name>': size, FLOPs, latency, training time (costs.py)
 
 
 def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (),
@@ -59,8 +62,12 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
     # last: it saves what the others logged
     trainer = make_trainer(cfg, prep.device, [tracker, *callbacks, *([saver] if saver else []),
                                               StopOnRequest()])
+    start = time.perf_counter()
     run_trainer(trainer, module, prep,
                 ckpt_path=str(checkpoint_path(run.run_id)) if resume else None)
+    # the fit loop of this process: a resumed run counts the part after its resume
+    cost = costs(module.sampler, module.discriminator, time.perf_counter() - start)
+    run.log_metrics(cost, step=cfg.train.epochs)
 
     epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"
     tracker.log_picture(module, f"after {epochs}", artifact_file="samples/final.png")
@@ -69,7 +76,8 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
     if saver is not None:
         saver.remove()
     final = {k: v[-1] for k, v in tracker.history.items()}
-    return FitResult(run.run_id, final, dict(tracker.history), tracker.epochs_evaluated, floor)
+    return FitResult(run.run_id, final, dict(tracker.history), tracker.epochs_evaluated, floor,
+                     cost)
 
 
 FLOOR_PREFIX = "floor/"  # floor/<metric>: the metric of real rows, beside val/<metric>

@@ -1,0 +1,1 @@
+"""The performance benchmark (make bench), beside the package: never installed with it."""
