@@ -152,7 +152,8 @@ def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> 
         for i, row in enumerate(rows):
             ax = fig.add_subplot(grid[0, i])
             ax.axis("off")
-            scores = ", ".join(f"{k} {row[k]:.3g}" for k in MAIN_METRICS[:4] if k in row)
+            scores = ", ".join(f"{k} {row[k]:.3g}" for k in [m for m in MAIN_METRICS
+                                                              if m in row][:4])
             ax.set_title(f"#{row['rank']} trial {row['trial']} ({row['state'].lower()})\n"
                          f"objective {row['objective']:.4g}\n{scores}", fontsize=7)
             if not row["run_id"]:

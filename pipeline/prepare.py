@@ -73,12 +73,14 @@ class Prepared:
         """The MLflow run to train into, in the config's store and experiment, tagged with what
         was prepared (dataset, feature space, device). ``run_id`` reopens a run to continue it."""
         c = self.cfg.tracking
+        pairs = self.evaluator.pair_rule  # tables: which column pairs the pair trends use
         return mlflow_run(
             tracking_uri(c.tracking_uri), c.experiment, run_name=run_name,
             parent_run_id=parent_run_id, ended_by=ended_by, run_id=run_id,
             system_metrics=c.system_metrics,
             tags={"dataset": self.dataset.name, "fid_features": self.evaluator.feature_name,
-                  "device": self.device, **(tags or {})})
+                  "device": self.device, **({"quality_pairs": pairs} if pairs else {}),
+                  **(tags or {})})
 
 
 def prepare(cfg: Config, *, device: str | None = None) -> Prepared:

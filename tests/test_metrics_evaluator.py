@@ -69,6 +69,15 @@ def test_evaluation_is_reproducible_and_leaves_the_rng_alone(ring8_evaluator: Ev
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_points_floor_is_fresh_mixture_samples(ring8_evaluator: Evaluator) -> None:
+    floor = ring8_evaluator.floor()
+    assert list(floor) == POINT_METRICS
+    assert all(math.isfinite(v) for v in floor.values())
+    assert floor["modes_covered"] == 8 and floor["reverse_kl"] < 0.01
+    assert abs(floor["fid"]) < 1e-3 and floor["precision"] > 0.9
+    assert ring8_evaluator.floor() == floor  # computed once, from a fixed seed
+
+
 def test_only_the_requested_metrics(ring8: Dataset) -> None:
     evaluator = Evaluator(ring8, n_samples=500, metrics=["reverse_kl", "fid"])
     scores = evaluator.evaluate(ring8_samples(CENTRES, 500, seed=4))
@@ -87,6 +96,8 @@ def test_mixture_metrics_need_centres() -> None:
     assert "modes_covered" not in Evaluator(blob, n_samples=200).metrics
     with pytest.raises(ValueError, match="no mixture centres"):
         Evaluator(blob, metrics=["modes_covered"])
+    with pytest.raises(ValueError, match="no distribution to draw fresh rows from"):
+        Evaluator(blob, n_samples=200, metrics=["fid"]).floor()
 
 
 def test_rejects_malformed_samples(ring8_evaluator: Evaluator) -> None:
@@ -110,6 +121,7 @@ def test_digits_end_to_end(tmp_path: Path) -> None:
     assert real["class_kl"] < 0.03
     assert real["ndb_fraction"] < 0.1
     assert real["precision"] > 0.7 and real["recall"] > 0.7 and real["coverage"] > 0.7
+    assert evaluator.floor() == real  # the test split against the training rows
 
     # A collapsed generator: one training image of a "3", repeated with a little pixel noise.
     gen = torch.Generator().manual_seed(5)

@@ -41,7 +41,8 @@ def test_eval_metrics_are_the_metric_registry() -> None:
         load_config(None, ["eval.metrics=[fidd]"])
     assert list(registry.METRICS) == [n for f in registry.FAMILIES for n in f.names]
     assert registry.MAIN_METRICS == ("fid", "modes_covered", "high_quality", "reverse_kl",
-                                     "classes_covered", "class_kl")
+                                     "classes_covered", "class_kl", "quality",
+                                     "category_coverage")
 
 
 def _spread(ref: registry.Reference) -> registry.Scorer:

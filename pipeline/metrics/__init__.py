@@ -1,4 +1,5 @@
-"""Sample-quality and mode-collapse metrics for GANs, computed by one Evaluator per run."""
+"""Sample-quality and mode-collapse metrics for GANs, computed by one Evaluator per run; the
+scores of synthetic tables (tabular) on decoded rows."""
 
 from pipeline.metrics.classifier import (
     CLASSIFIER_VERSION,
@@ -18,22 +19,38 @@ from pipeline.metrics.registry import (
     resolve_metrics,
     val_key,
 )
+from pipeline.metrics.tabular import (
+    MAX_PAIRS,
+    PairSample,
+    category_metrics,
+    column_pairs,
+    dcr_share,
+    detection,
+    quality,
+)
 
 __all__ = [
     "CLASSIFIER_VERSION",
     "FAMILIES",
     "MAIN_METRICS",
+    "MAX_PAIRS",
     "METRICS",
     "NDB",
     "Evaluator",
     "MLPClassifier",
+    "PairSample",
     "applicable_metrics",
+    "category_metrics",
     "check_settings",
     "class_metrics",
+    "column_pairs",
+    "dcr_share",
+    "detection",
     "kl_divergence",
     "load_or_train_classifier",
     "mixture_mode_metrics",
     "precision_recall_density_coverage",
+    "quality",
     "resolve_metrics",
     "val_key",
 ]

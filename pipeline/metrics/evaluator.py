@@ -1,14 +1,15 @@
 """Evaluator: everything about the real data prepared once per run, then cheap evaluations.
 
 Feature space: the coordinates themselves for 2-D mixtures; for images, the penultimate layer of
-an MLP classifier trained on the dataset's own labels (see classifier.py). FID and KID here are
-therefore *not* Inception scores: ``feature_name`` says which space was used, for the run's tags.
-Which metrics exist, and how each is computed, is the registry's business (registry.py).
+an MLP classifier trained on the dataset's own labels (see classifier.py); for tables, the
+transformer's encoding. FID and KID here are therefore *not* Inception scores: ``feature_name``
+says which space was used, for the run's tags. Which metrics exist, and how each is computed, is
+the registry's business (registry.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,13 @@ from pipeline.metrics.features import ClassifierFeatures
 from pipeline.metrics.registry import MIN_SAMPLES, Fakes, Reference, Scorer, check_settings
 
 if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.data
+    import pandas as pd
+
     from pipeline.data import Dataset
+
+# The floor's fresh mixture points: a seed far from the small ones runs use (a run's points come
+# from its own seed, 0 by default), so that the floor shares no draws with a training set.
+FLOOR_SEED = 2_147_483_647
 
 
 class Evaluator:
@@ -32,9 +39,15 @@ class Evaluator:
     ``n_samples`` rows: a real subsample drawn once from ``seed``, and the first ``n_samples``
     fake rows (fewer if fewer are given), so that scores stay comparable between evaluations.
 
+    Tables: the real side of every metric is the held-out split (``dataset.test``), so that a
+    generator that copies its training rows does not score as perfect; the fake head is capped
+    at the training split's size (``n_samples`` is), the size ``floor`` compares at. The table
+    families read the head decoded into the original columns, decoded once per evaluation.
+
     Attributes: ``metrics``, the names ``evaluate`` returns, in order; ``feature_name``, the
     feature space (for the ``fid_features`` tag); ``classifier_accuracy``, the held-out accuracy
-    of the image feature classifier (None for points).
+    of the image feature classifier (None otherwise); ``pair_rule``, which column pairs
+    pair_trends uses (tables; None otherwise), for the run's tags.
     """
 
     def __init__(
@@ -50,19 +63,33 @@ class Evaluator:
         self.dataset = dataset
         self.dim = dataset.dim
         self.n_samples = min(n_samples, len(dataset.train))
+        self.seed = seed
         self.device = torch.device(device)
         self.classifier_accuracy: float | None = None
+        self.pair_rule: str | None = None
         self._embedder: ClassifierFeatures | None = None
+        self._decode: Callable[[Tensor], pd.DataFrame] | None = None
+        self._floor: dict[str, float] | None = None
+        real = dataset.train
         if dataset.is_images:
             model, self.classifier_accuracy = load_or_train_classifier(
                 dataset, Path(cache_dir), device=self.device
             )
             self._embedder = ClassifierFeatures(model).to(self.device)
             self.feature_name = f"fcgan-mlp-classifier-{dataset.name}-v{CLASSIFIER_VERSION}"
+        elif dataset.kind == "table":
+            if dataset.test is None:
+                raise ValueError(f"table dataset {dataset.name!r} has no held-out split "
+                                 "(dataset.test): the table metrics compare against it")
+            real = dataset.test
+            transformer = registry.table_parts(dataset).transformer
+            self._decode = lambda head: transformer.inverse_transform(head.cpu().numpy())
+            self.pair_rule = registry.table_pairs(dataset, seed).rule
+            self.feature_name = "table-encoding"
         else:
             self.feature_name = "coordinates"
 
-        real_feats, _ = self._embed(dataset.train)
+        real_feats, _ = self._embed(real)
         pick = torch.randperm(len(real_feats), generator=torch.Generator().manual_seed(seed))
         subset = real_feats[pick[: self.n_samples].to(self.device)]
         reference = Reference(dataset, real_feats, subset, seed)
@@ -93,9 +120,38 @@ class Evaluator:
             raise ValueError("fake samples contain NaN or infinite values")
         feats, logits = self._embed(fake)
         head = slice(0, self.n_samples)
-        fakes = Fakes(feats, feats[head], None if logits is None else logits[head])
+        fakes = Fakes(feats, feats[head], None if logits is None else logits[head], self._decode)
         out: dict[str, float] = {}
         for names, score in self._scorers:
             if only is None or names & only:
                 out.update(score(fakes))
         return {name: out[name] for name in self.metrics if name in out}
+
+    def floor(self) -> dict[str, float]:
+        """The same metrics for real rows of the reference distribution in place of generated
+        ones: what a perfect generator scores at this sample size, computed once per Evaluator.
+
+        Tables: the training split against the held-out one (dcr_share is high there: these
+        rows are the training rows); mixtures: ``n_samples`` fresh points of the mixture drawn
+        from ``FLOOR_SEED``; images: the test split against the training rows.
+        """
+        if self._floor is None:
+            self._floor = self.evaluate(self._floor_rows())
+        return dict(self._floor)
+
+    def _floor_rows(self) -> Tensor:
+        ds = self.dataset
+        if ds.kind == "table":
+            # Shuffled, so that the head is a random subset whatever order the split came in.
+            gen = torch.Generator().manual_seed(self.seed)
+            return ds.train[torch.randperm(len(ds.train), generator=gen).to(ds.train.device)]
+        if ds.is_images:
+            if ds.test is None:
+                raise ValueError(f"floor: images {ds.name!r} have no test split")
+            return ds.test
+        if ds.centres is not None and ds.std is not None:
+            from pipeline.data import mixture  # the mixture's own formula, not a copy of it
+
+            return mixture(ds.name, ds.centres, self.n_samples, ds.std, FLOOR_SEED).train
+        raise ValueError(f"floor: the {ds.kind} dataset {ds.name!r} has no distribution to draw "
+                         "fresh rows from (no mixture centres)")

@@ -12,13 +12,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.data
-    from pipeline.data import Dataset
+    import pandas as pd
+
+    from pipeline.data import Dataset, TableParts
+    from pipeline.metrics.tabular import PairSample
 
 VAL_PREFIX = "val/"  # metrics of an evaluation are logged as val/<name>, step = epoch
 EVAL_SECONDS = "eval_seconds"  # logged beside the metrics: what an evaluation cost
@@ -30,7 +35,13 @@ def val_key(name: str) -> str:
 
 
 class DatasetTraits(Protocol):
-    """What applicability depends on: a loaded Dataset or a registry entry both have these."""
+    """What applicability depends on: a loaded Dataset or a registry entry both have these.
+
+    Some table families also depend on the table's columns (categorical ones, a label), which
+    only a loaded Dataset knows (its ``table``). A registry entry has no ``table``: there such a
+    family may apply, so that config and study validation, which see names only, accept its
+    metrics; the Evaluator checks again with the loaded table (see ``_table_may``).
+    """
 
     @property
     def kind(self) -> str: ...
@@ -44,7 +55,9 @@ class Reference:
     """The real side of a run's evaluations, prepared once: all rows embedded, a fixed subset."""
 
     dataset: Dataset
-    feats: Tensor  # every training row in feature space
+    # Every real row in feature space: the training split, or for tables the held-out split
+    # (a generator that copies its training rows must not score as perfect).
+    feats: Tensor
     subset: Tensor  # n_samples of them, drawn once from the seed (size-dependent metrics)
     seed: int
 
@@ -56,6 +69,15 @@ class Fakes:
     feats: Tensor
     head: Tensor
     logits: Tensor | None  # the feature classifier's logits of ``head`` (images)
+    decode: Callable[[Tensor], pd.DataFrame] | None = None  # tables: encoded rows -> columns
+
+    @cached_property
+    def rows(self) -> pd.DataFrame:
+        """``head`` decoded into the table's columns: once per evaluation, however many table
+        families read it (a Fakes lives for one evaluation)."""
+        if self.decode is None:
+            raise ValueError("these samples are not rows of a table (no decoder)")
+        return self.decode(self.head)
 
 
 Scorer = Callable[[Fakes], dict[str, float]]
@@ -66,6 +88,7 @@ class Metric:
     name: str
     better: Literal["higher", "lower"]
     main: bool = False  # a column of compare's table and a line of the comparison figure
+    objective: bool = True  # False: logged only, a study may not optimize it
 
 
 @dataclass(frozen=True)
@@ -74,6 +97,7 @@ class Family:
     applies: Callable[[DatasetTraits], bool]
     prepare: Callable[[Reference], Scorer]
     min_samples: int = MIN_SAMPLES
+    lacks: str = ""  # why it may not apply, for the error that names its metrics
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -90,6 +114,28 @@ def _images(traits: DatasetTraits) -> bool:
 
 def _mixtures(traits: DatasetTraits) -> bool:
     return traits.has_centres
+
+
+def _tables(traits: DatasetTraits) -> bool:
+    return traits.kind == "table"
+
+
+def _table_may(traits: DatasetTraits, need: Callable[[TableParts], bool]) -> bool:
+    """A table family that needs something of the table's columns: decided by a loaded
+    Dataset's ``table``; a registry entry has none, and there the family may apply."""
+    if traits.kind != "table":
+        return False
+    parts = getattr(traits, "table", None)
+    return parts is None or need(parts)
+
+
+def _categorical_tables(traits: DatasetTraits) -> bool:
+    return _table_may(traits, lambda parts: bool(parts.transformer.categorical))
+
+
+def _labelled(traits: DatasetTraits) -> bool:
+    """Class labels: images have them, a table when data.label names its label column."""
+    return traits.kind == "images" or _table_may(traits, lambda parts: parts.label is not None)
 
 
 # --- how each family prepares and scores --------------------------------------------------------
@@ -167,6 +213,8 @@ def _classes(ref: Reference) -> Scorer:
     from pipeline.metrics.modes import class_metrics
 
     ds = ref.dataset
+    if ds.kind == "table":
+        return _table_classes(ref)
     assert ds.train_labels is not None and ds.num_classes is not None
     counts = torch.bincount(ds.train_labels, minlength=ds.num_classes)
     real_probs = counts.double() / counts.sum()
@@ -186,6 +234,102 @@ def _ndb(ref: Reference) -> Scorer:
     return lambda fakes: {"ndb_fraction": ndb.score(fakes.head)}
 
 
+# Tables: decoded synthetic rows against the held-out split, in the original columns.
+
+
+def table_parts(dataset: Dataset) -> TableParts:
+    if dataset.table is None:
+        raise ValueError(f"table dataset {dataset.name!r} has no table parts (dataset.table)")
+    return dataset.table
+
+
+def table_pairs(dataset: Dataset, seed: int) -> PairSample:
+    """The column pairs pair_trends uses for this table (the run logs their rule)."""
+    from pipeline.metrics.tabular import column_pairs
+
+    return column_pairs(table_parts(dataset).transformer.columns, seed=seed)
+
+
+def _table_classes(ref: Reference) -> Scorer:
+    """The classes of synthetic rows are their decoded label column: no classifier needed."""
+    import pandas as pd
+
+    from pipeline.metrics.modes import class_metrics
+
+    ds, parts = ref.dataset, table_parts(ref.dataset)
+    label = parts.label
+    if (label is None or ds.train_labels is None or ds.test_labels is None
+            or ds.num_classes is None):
+        raise ValueError(f"table dataset {ds.name!r}: class metrics need data.label and the "
+                         "label codes (train_labels, test_labels, num_classes)")
+    # Which code each category has, read off the splits and their codes: whatever order the
+    # loader numbered the categories in.
+    values = np.concatenate([parts.train_frame[label].to_numpy(dtype=object),
+                             parts.test_frame[label].to_numpy(dtype=object)])
+    codes = torch.cat([ds.train_labels, ds.test_labels]).cpu().numpy()
+    if len(values) != len(codes):
+        raise ValueError(f"table dataset {ds.name!r}: {len(codes)} label codes for "
+                         f"{len(values)} rows of {label!r}")
+    pairs = pd.DataFrame({"value": values, "code": codes}).drop_duplicates()
+    if pairs["value"].duplicated().any():
+        raise ValueError(f"label column {label!r}: a category has more than one class code")
+    index = pd.Index(pairs["value"].to_numpy(), dtype=object)
+    code_of = pairs["code"].to_numpy()
+    counts = torch.bincount(ds.test_labels.cpu(), minlength=ds.num_classes)
+    real_probs = counts.double() / counts.sum()
+    num_classes = ds.num_classes
+
+    def score(fakes: Fakes) -> dict[str, float]:
+        where = index.get_indexer(fakes.rows[label].to_numpy(dtype=object))
+        if (where < 0).any():
+            raise ValueError(f"decoded label column {label!r} holds a category with no class code")
+        return class_metrics(torch.from_numpy(code_of[where]), real_probs, num_classes)
+
+    return score
+
+
+def _quality(ref: Reference) -> Scorer:
+    from pipeline.metrics.tabular import quality
+
+    parts = table_parts(ref.dataset)
+    metadata, real = parts.transformer.sdv_metadata(), parts.test_frame
+    pairs = table_pairs(ref.dataset, ref.seed)
+    return lambda fakes: quality(real, fakes.rows, metadata, pairs=pairs, seed=ref.seed)
+
+
+def _categories(ref: Reference) -> Scorer:
+    from pipeline.metrics.tabular import category_metrics
+
+    parts = table_parts(ref.dataset)
+    real, categorical = parts.test_frame, parts.transformer.categorical
+    return lambda fakes: category_metrics(real, fakes.rows, categorical)
+
+
+def _detection(ref: Reference) -> Scorer:
+    from pipeline.metrics.tabular import detection
+
+    parts = table_parts(ref.dataset)
+    metadata, real = parts.transformer.sdv_metadata(), parts.test_frame
+    return lambda fakes: detection(real, fakes.rows, metadata, seed=ref.seed)
+
+
+def _dcr(ref: Reference) -> Scorer:
+    from pipeline.metrics.tabular import dcr_share
+
+    ds, transformer = ref.dataset, table_parts(ref.dataset).transformer
+    if ds.test is None:
+        raise ValueError(f"table dataset {ds.name!r} has no held-out split (dataset.test)")
+    train, test = ds.train.cpu().numpy(), ds.test.cpu().numpy()
+
+    def score(fakes: Fakes) -> dict[str, float]:
+        # The decoded rows encoded again, as a training row would be: hard one-hots and values
+        # inside the columns' ranges, so that a copied row lies at distance ~0 from its source.
+        synth = transformer.transform(fakes.rows)
+        return {"dcr_share": dcr_share(train, test, synth, seed=ref.seed)}
+
+    return score
+
+
 FAMILIES: tuple[Family, ...] = (
     Family((Metric("fid", "lower", main=True),), _any, _fid),
     Family((Metric("kid", "lower"),), _any, _kid),
@@ -195,12 +339,24 @@ FAMILIES: tuple[Family, ...] = (
     Family((Metric("modes_covered", "higher", main=True),
             Metric("high_quality", "higher", main=True),
             Metric("reverse_kl", "lower", main=True),
-            Metric("pacgan_score", "higher")), _mixtures, _modes),
-    # Need class labels (the feature classifier's predictions).
+            Metric("pacgan_score", "higher")), _mixtures, _modes, lacks="no mixture centres"),
+    # Need class labels: the feature classifier's predictions, or a table's decoded label.
     Family((Metric("classes_covered", "higher", main=True),
-            Metric("class_kl", "lower", main=True)), _images, _classes),
+            Metric("class_kl", "lower", main=True)), _labelled, _classes,
+           lacks="no class labels: images, or a table with data.label"),
     # NDB's k-means bins need many dimensions and twice as many samples as bins.
-    Family((Metric("ndb_fraction", "lower"),), _images, _ndb, min_samples=2 * NDB_BINS),
+    Family((Metric("ndb_fraction", "lower"),), _images, _ndb, min_samples=2 * NDB_BINS,
+           lacks="images only"),
+    # Tables (tabular.py): SDMetrics' quality report on decoded rows against the held-out split.
+    Family((Metric("column_shapes", "higher"), Metric("pair_trends", "higher"),
+            Metric("quality", "higher", main=True)), _tables, _quality, lacks="tables only"),
+    Family((Metric("category_coverage", "higher", main=True), Metric("category_kl", "lower")),
+           _categorical_tables, _categories, lacks="no categorical columns"),
+    Family((Metric("detection", "higher"), Metric("detection_auc", "lower")), _tables,
+           _detection, lacks="tables only"),
+    # Lower = fewer rows nearer the training split than the held-out one; 0.5 is the ideal, and
+    # going under it only means worse samples: logged, never optimized (see dcr_share).
+    Family((Metric("dcr_share", "lower", objective=False),), _tables, _dcr, lacks="tables only"),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for family in FAMILIES for m in family.metrics}
@@ -232,11 +388,11 @@ def resolve_metrics(traits: DatasetTraits, requested: Sequence[str] | None) -> t
         raise ValueError(f"unknown metric name(s) {unknown}; allowed names are {list(METRICS)}")
     inapplicable = [name for name in requested if name not in allowed]
     if inapplicable:
-        raise ValueError(
-            f"metric(s) {inapplicable} do not apply to this {traits.kind} dataset"
-            f"{'' if traits.has_centres or traits.kind != 'points' else ' (no mixture centres)'}"
-            f"; allowed names here are {list(allowed)}"
-        )
+        reasons = dict.fromkeys(f.lacks for f in FAMILIES
+                                if f.lacks and set(f.names) & set(inapplicable))
+        why = f" ({'; '.join(reasons)})" if reasons else ""
+        raise ValueError(f"metric(s) {inapplicable} do not apply to this {traits.kind} dataset"
+                         f"{why}; allowed names here are {list(allowed)}")
     if not requested:
         raise ValueError(f"no metrics requested; allowed names here are {list(allowed)}")
     return tuple(name for name in allowed if name in set(requested))
@@ -258,5 +414,6 @@ def check_settings(traits: DatasetTraits, n_samples: int,
 
 
 def objective_keys(traits: DatasetTraits, requested: Sequence[str] | None) -> list[str]:
-    """The val/ keys an evaluation logs: what a study may optimize."""
-    return [val_key(n) for n in (*resolve_metrics(traits, requested), EVAL_SECONDS)]
+    """The val/ keys an evaluation logs that a study may optimize (not the logged-only ones)."""
+    names = [n for n in resolve_metrics(traits, requested) if METRICS[n].objective]
+    return [val_key(n) for n in (*names, EVAL_SECONDS)]

@@ -1,0 +1,281 @@
+"""Scores of synthetic tables: decoded rows against real ones, in the original columns.
+
+SDMetrics is the library the field scores synthetic tables with, so column shapes and column pair
+trends are its QualityReport's two properties, computed by its own classes. What it lacks is
+written here: a bound on the column pairs (its pair trends grow with the square of the columns),
+category coverage and KL, a detection score with seeded folds that takes every category, and the
+DCR share.
+SDMetrics and scikit-learn are imported inside the functions: they take seconds to import, and
+points and images never need them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+# Pair trends cost ~10 ms a pair at 10,000 rows (pandas group-bys, one pair at a time): 190
+# pairs, every pair of 20 columns, keep one evaluation near 2-3 s; all 4,950 pairs of 100
+# columns would take ~50 s (1,000 of them took 10.4 s, and moved pair_trends by 0.01).
+MAX_PAIRS = 190
+# A category the synthetic rows never produce costs p * log(p / eps) in KL(real || synth)
+# instead of infinity: ~14 nats per unit of p, so it dominates the mean but stays finite.
+CATEGORY_EPS = 1e-6
+DETECTION_FOLDS = 3  # SDMetrics' LogisticDetection
+# Two squared distances this close (relative to the row's squared norm) are one tie: identical
+# rows, frequent in mostly categorical tables, must not come out nearer by a rounding error.
+DCR_TIE_RTOL = 1e-9
+DCR_BLOCK_BYTES = 32 * 2**20  # one block of the distance matrix (float64)
+
+
+@contextmanager
+def _numpy_seed(seed: int) -> Iterator[None]:
+    """Seed numpy's global generator for the block, then give the caller's state back.
+
+    SDMetrics draws from it unseeded (ContingencySimilarity subsamples rows above 50,000);
+    seeded here, identical samples score identically, and the caller's stream is untouched.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+# --- quality: column shapes and column pair trends -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairSample:
+    """The column pairs that pair trends are computed on: all of them up to ``MAX_PAIRS``, else
+    that many drawn once from ``seed`` (the same pairs at every evaluation of a run)."""
+
+    pairs: tuple[tuple[str, str], ...]
+    total: int  # pairs of the table's columns
+    seed: int
+
+    @property
+    def rule(self) -> str:
+        """One line for the run's tags."""
+        if len(self.pairs) == self.total:
+            return f"all {self.total} column pairs"
+        return (f"{len(self.pairs)} of {self.total} column pairs, drawn uniformly with seed "
+                f"{self.seed}")
+
+
+def column_pairs(columns: Sequence[str], max_pairs: int = MAX_PAIRS, seed: int = 0) -> PairSample:
+    everything = list(itertools.combinations(columns, 2))
+    if len(everything) <= max_pairs:
+        return PairSample(tuple(everything), len(everything), seed)
+    # Pairs, not columns, are drawn: each column then takes part in ~2 * max_pairs / n of them,
+    # where drawing 20 columns would leave the other 80 out of the score entirely.
+    pick = np.random.default_rng(seed).choice(len(everything), size=max_pairs, replace=False)
+    return PairSample(tuple(everything[i] for i in sorted(pick)), len(everything), seed)
+
+
+@cache
+def _report_thresholds() -> tuple[float, float]:
+    """QualityReport's real-data thresholds (correlation, association): in recent SDMetrics
+    (0.32 here) only pairs whose real columns are related count in its pair trends; older
+    versions have none (0), and every pair counts."""
+    from sdmetrics.reports import QualityReport
+
+    report = QualityReport()
+    return (float(getattr(report, "real_correlation_threshold", 0.0)),
+            float(getattr(report, "real_association_threshold", 0.0)))
+
+
+def quality(real: pd.DataFrame, synth: pd.DataFrame, metadata: Mapping[str, Any], *,
+            pairs: PairSample | None = None, seed: int = 0) -> dict[str, float]:
+    """SDMetrics' QualityReport on one table: column_shapes (KSComplement for numbers,
+    TVComplement for categories, averaged over columns), pair_trends (CorrelationSimilarity or
+    ContingencySimilarity per pair, averaged over the pairs that meet the report's thresholds
+    on the real side) and quality, their mean. All in [0, 1], higher is better.
+
+    ``pairs`` (default: ``column_pairs`` of the metadata's columns, from ``seed``) bounds the
+    pairs; with every pair the three numbers are QualityReport's own. pair_trends is NaN when
+    no pair's real columns are related enough (nothing to preserve): quality is then
+    column_shapes alone, as in the report.
+
+    As in the report, a number paired with a category is binned by each side's own range
+    (np.histogram_bin_edges of real, then of synth), so bins differ wherever the extremes do:
+    two real samples of 2,000-10,000 rows score 0.86-0.96 in pair trends. Evaluator.floor
+    gives the real-vs-real value to read a run's scores against.
+    """
+    from sdmetrics.reports.single_table._properties import ColumnPairTrends, ColumnShapes
+
+    columns = list(metadata["columns"])
+    pairs = pairs if pairs is not None else column_pairs(columns, seed=seed)
+    correlation_threshold, association_threshold = _report_thresholds()
+    trends = ColumnPairTrends()
+    trends.real_correlation_threshold = correlation_threshold
+    trends.real_association_threshold = association_threshold
+    with _numpy_seed(seed), warnings.catch_warnings():
+        # scipy's KS test falls back to its asymptotic p-value on ties; the statistic is exact.
+        warnings.filterwarnings("ignore", "ks_2samp: Exact calculation", RuntimeWarning)
+        shapes = float(ColumnShapes().get_score(real, synth, metadata))
+        # get_score would take every pair; _generate_details takes the pairs to compute, and
+        # _compute_average is the report's own rule (pairs under a threshold do not count).
+        trends.details = trends._generate_details(real, synth, metadata,
+                                                  column_pairs=list(pairs.pairs))
+    pair_trends = float(trends._compute_average()) if len(trends.details) else math.nan
+    both = [s for s in (shapes, pair_trends) if not math.isnan(s)]
+    return {"column_shapes": shapes, "pair_trends": pair_trends,
+            "quality": sum(both) / len(both) if both else math.nan}
+
+
+# --- categories ----------------------------------------------------------------------------------
+
+
+def _frequencies(values: pd.Series) -> pd.Series:
+    """Share of each category present (a pandas category dtype also lists unused ones)."""
+    counts = values.value_counts(dropna=False)
+    counts = counts[counts > 0]
+    index = pd.Index(counts.index.to_numpy(dtype=object), dtype=object)
+    return pd.Series(counts.to_numpy(dtype=np.float64) / counts.sum(), index=index)
+
+
+def category_metrics(real: pd.DataFrame, synth: pd.DataFrame,
+                     categorical: Sequence[str]) -> dict[str, float]:
+    """Mode collapse in the categorical columns, each column weighted equally.
+
+    category_coverage: the mean over columns of the share of the real categories that the
+    synthetic rows contain (1 = none missing). category_kl: the mean of KL(real || synth) of the
+    category frequencies, in nats, the synthetic ones smoothed by ``CATEGORY_EPS``.
+    """
+    if not categorical:
+        raise ValueError("no categorical columns: the category metrics do not apply")
+    coverages, kls = [], []
+    for column in categorical:
+        p, q = _frequencies(real[column]), _frequencies(synth[column])
+        coverages.append(float(q.reindex(p.index, fill_value=0.0).gt(0).mean()))
+        support = p.index.union(q.index)
+        p_all = p.reindex(support, fill_value=0.0).to_numpy()
+        q_all = q.reindex(support, fill_value=0.0).to_numpy()
+        q_smooth = (q_all + CATEGORY_EPS) / (1.0 + CATEGORY_EPS * len(support))
+        present = p_all > 0
+        kls.append(float((p_all[present] * np.log(p_all[present] / q_smooth[present])).sum()))
+    return {"category_coverage": float(np.mean(coverages)), "category_kl": float(np.mean(kls))}
+
+
+# --- detection -----------------------------------------------------------------------------------
+
+
+def _detection_features(real: pd.DataFrame, synth: pd.DataFrame,
+                        metadata: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """SDMetrics' detection features (numbers as they are, then a one-hot block per category
+    column, sorted categories), with the categories of both sides: SDMetrics fits its one-hot
+    encoder on the real rows alone and fails on a synthetic category the real rows lack."""
+    sdtypes = {name: meta["sdtype"] for name, meta in metadata["columns"].items()}
+    numbers = [name for name, sdtype in sdtypes.items() if sdtype == "numerical"]
+    blocks_real = [real[numbers].to_numpy(dtype=np.float64)]
+    blocks_synth = [synth[numbers].to_numpy(dtype=np.float64)]
+    for name in (n for n, sdtype in sdtypes.items() if sdtype != "numerical"):
+        seen = pd.unique(np.concatenate([real[name].to_numpy(dtype=object),
+                                         synth[name].to_numpy(dtype=object)]))
+        index = pd.Index(sorted(seen, key=lambda v: (type(v).__name__, v)), dtype=object)
+        for frame, blocks in ((real, blocks_real), (synth, blocks_synth)):
+            codes = index.get_indexer(frame[name].to_numpy(dtype=object))
+            blocks.append(np.eye(len(index))[codes])
+    return np.concatenate(blocks_real, axis=1), np.concatenate(blocks_synth, axis=1)
+
+
+def detection(real: pd.DataFrame, synth: pd.DataFrame, metadata: Mapping[str, Any], *,
+              seed: int = 0) -> dict[str, float]:
+    """How well a logistic regression tells real rows from synthetic ones, SDMetrics' recipe
+    (LogisticDetection: robust scaling, lbfgs, ``DETECTION_FOLDS`` stratified folds), folds
+    drawn from ``seed``.
+
+    detection: SDMetrics' score, 1 - mean over folds of (2 * max(AUC, 0.5) - 1), in [0, 1],
+    higher is better: the number SDV users quote. detection_auc: the same folds' ROC AUC,
+    mean of max(AUC, 0.5), so 1 - detection / 2: 0.5 = indistinguishable, 1 = told apart every
+    time; lower is better. A fold under 0.5 is noise, not rows more real than the real ones
+    (identical rows on both sides give ~0.4: each row's twin in the fitting folds carries the
+    other label), so it is clipped as SDMetrics clips it.
+    Written by hand (its folds and classifier) because LogisticDetection draws its folds from
+    numpy's global generator unseeded, fails on a synthetic category missing from the real
+    rows, and drops boolean columns.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import RobustScaler
+
+    if min(len(real), len(synth)) < DETECTION_FOLDS:
+        raise ValueError(f"detection needs at least {DETECTION_FOLDS} real and synthetic rows, "
+                         f"got {len(real)} and {len(synth)}")
+    x_real, x_synth = _detection_features(real, synth, metadata)
+    x = np.concatenate([x_real, x_synth])
+    y = np.concatenate([np.ones(len(x_real)), np.zeros(len(x_synth))])  # 1 = real, as SDMetrics
+    folds = StratifiedKFold(n_splits=DETECTION_FOLDS, shuffle=True, random_state=seed)
+    aucs = []
+    for fit_rows, test_rows in folds.split(x, y):
+        model = Pipeline([("scaler", RobustScaler()),
+                          ("classifier", LogisticRegression(solver="lbfgs"))])
+        with warnings.catch_warnings():
+            # SDMetrics' classifier has the default 100 iterations too; the score is its score.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x[fit_rows], y[fit_rows])
+        aucs.append(roc_auc_score(y[test_rows], model.predict_proba(x[test_rows])[:, 1]))
+    auc = np.maximum(np.asarray(aucs), 0.5)
+    return {"detection": float(1.0 - np.mean(2.0 * auc - 1.0)), "detection_auc": float(auc.mean())}
+
+
+# --- privacy -------------------------------------------------------------------------------------
+
+
+def _nearest_sq(rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distance from each row to its nearest row of ``others``, by blocks."""
+    others_sq = np.square(others).sum(axis=1)
+    step = max(1, DCR_BLOCK_BYTES // (8 * len(others)))
+    out = np.empty(len(rows))
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step]
+        # |b|^2 - 2 a.b in place; a row's own |a|^2 moves no minimum, so it is added after.
+        part = block @ others.T
+        part *= -2.0
+        part += others_sq
+        out[start : start + step] = part.min(axis=1)
+    return np.maximum(out + np.square(rows).sum(axis=1), 0.0)
+
+
+def dcr_share(train_encoded: np.ndarray, test_encoded: np.ndarray, synth_encoded: np.ndarray, *,
+              seed: int = 0) -> float:
+    """Distance to closest record, as a share: of the synthetic rows, the fraction whose nearest
+    training row is nearer than their nearest held-out row (a tie counts half), in the encoded
+    space. The larger split is subsampled (from ``seed``) to the size of the smaller, so that
+    rows drawn fresh from the data's distribution score ~0.5 and copies of the training rows
+    ~1.0; when the training split is k times the held-out one, only the copies of the sampled
+    training rows are caught, and copying everything scores ~0.5 + 0.5 / k.
+
+    A privacy check to log, never a sensible objective: anything below 0.5 just means rows far
+    from the training data, and the easiest way to get there is worse samples.
+    """
+    train = np.asarray(train_encoded, dtype=np.float64)
+    test = np.asarray(test_encoded, dtype=np.float64)
+    synth = np.asarray(synth_encoded, dtype=np.float64)
+    if not (train.ndim == test.ndim == synth.ndim == 2
+            and train.shape[1] == test.shape[1] == synth.shape[1]):
+        raise ValueError(f"dcr_share needs 2-D arrays of one width, got {train.shape}, "
+                         f"{test.shape} and {synth.shape}")
+    if min(len(train), len(test), len(synth)) == 0:
+        raise ValueError("dcr_share needs training, held-out and synthetic rows")
+    rng = np.random.default_rng(seed)
+    size = min(len(train), len(test))
+    train = train[rng.choice(len(train), size, replace=False)] if len(train) > size else train
+    test = test[rng.choice(len(test), size, replace=False)] if len(test) > size else test
+    to_train, to_test = _nearest_sq(synth, train), _nearest_sq(synth, test)
+    tie = np.abs(to_train - to_test) <= DCR_TIE_RTOL * (1.0 + np.square(synth).sum(axis=1))
+    return float(np.where(tie, 0.5, to_train < to_test).mean())
