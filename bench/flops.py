@@ -8,7 +8,7 @@ import time
 import torch
 
 from pipeline.config import Config
-from pipeline.data import Dataset
+from pipeline.dataset import Dataset
 
 
 def step_matmuls(cfg: Config, dataset: Dataset) -> list[tuple[int, int, int]]:

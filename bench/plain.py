@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from pipeline import prepare
 from pipeline.batches import TensorBatches
 from pipeline.config import Config
-from pipeline.data import Dataset
+from pipeline.dataset import Dataset
 from pipeline.losses import LOSSES
 from pipeline.metrics import MAIN_METRICS, Evaluator
 from pipeline.metrics.registry import light_metrics_at

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from pipeline.config import ConfigError
-from pipeline.data import DataError
+from pipeline.errors import DataError
 from pipeline.logs import quiet_libraries
 
 EXAMPLES = """examples:
@@ -142,6 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="file to write: .csv, .tsv or .parquet (default "
                                  "runs/data/NAME.csv)")
     p.set_defaults(func=cmd_tables)
+
+    p = commands.add_parser("report", help="rewrite the README's results tables from "
+                                           "results/*.json")
+    p.add_argument("--readme", default="README.md", help="the file to rewrite (README.md)")
+    p.add_argument("--results", default="results", help="the results folder (results/)")
+    p.set_defaults(func=cmd_report)
 
     p = commands.add_parser("ui", help="MLflow UI on the project's store, bound to 127.0.0.1")
     p.add_argument("--port", type=port, default=5000, help="port (default 5000)")
@@ -289,6 +295,14 @@ def cmd_tables(args: argparse.Namespace) -> int:
     from pipeline.tables.shipped import write_shipped
 
     print(write_shipped(args.name, args.out or f"runs/data/{args.name}.csv"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.report import write_report
+
+    for name in write_report(args.readme, args.results):
+        print(f"{args.readme}: table {name} rewritten", file=sys.stderr)
     return 0
 
 

@@ -17,7 +17,7 @@ import lightning.pytorch as L
 from mlflow.entities import Metric
 
 from pipeline import interrupt
-from pipeline.data import Dataset
+from pipeline.dataset import Dataset
 from pipeline.module import GANModule
 from pipeline.plots import samples_figure, table_figure
 from pipeline.tracking import RunLogger, now_ms

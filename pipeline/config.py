@@ -85,7 +85,7 @@ class ModelConfig:
     spectral_norm: bool = False  # on D's linear layers
     pack: int = 1  # PacGAN: D judges `pack` samples concatenated
     output_activation: str = "auto"  # auto = tanh for images, table for tables, none for points
-    head_temperature: float = 0.2  # tables: Gumbel-softmax temperature of G's one-hot heads (CTGAN's)
+    head_temperature: float = 0.2  # tables: Gumbel-softmax temperature of G's one-hot heads
 
     def validate(self) -> None:
         check_range("model.latent_dim", self.latent_dim, 1, MAX_WIDTH)

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from pipeline.config import Config
-from pipeline.data import Dataset
+from pipeline.dataset import Dataset
 from pipeline.module import GANModule
 from pipeline.prepare import discriminator_kwargs, generator_kwargs
 from pipeline.tracking import RunLogger
@@ -62,19 +62,58 @@ def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset
         run.log_dir(folder, WEIGHTS_ARTIFACT)
 
         scripted = torch.jit.script(copy.deepcopy(generator).cpu())
-        # MLflow warns about pickle for any non-pt2 format; a TorchScript archive is what makes
-        # the model loadable without this project's code (pt2 does not take it).
-        with warnings.catch_warnings(), quiet_logger("mlflow.pytorch"):
-            warnings.simplefilter("ignore")
-            mlflow.pytorch.save_model(
-                scripted, str(Path(tmp) / MODEL_ARTIFACT), signature=generator_signature(
-                    generator.latent_dim, dataset.dim),
-                input_example=torch.randn(INPUT_EXAMPLE_ROWS, generator.latent_dim,
-                                          generator=torch.Generator().manual_seed(0)).numpy(),
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                serialization_format="pickle")
-        run.log_dir(Path(tmp) / MODEL_ARTIFACT, MODEL_ARTIFACT)
+        example = torch.randn(INPUT_EXAMPLE_ROWS, generator.latent_dim,
+                              generator=torch.Generator().manual_seed(0)).numpy()
+        model_dir = Path(tmp) / MODEL_ARTIFACT
+        if dataset.table is not None:
+            save_table_model(scripted, dataset, folder / TABLE_ENCODING_FILE, model_dir, example)
+        else:
+            # MLflow warns about pickle for any non-pt2 format; a TorchScript archive is what
+            # makes the model loadable without this project's code (pt2 does not take it).
+            with warnings.catch_warnings(), quiet_logger("mlflow.pytorch"):
+                warnings.simplefilter("ignore")
+                mlflow.pytorch.save_model(
+                    scripted, str(model_dir), signature=generator_signature(
+                        generator.latent_dim, dataset.dim),
+                    input_example=example, pip_requirements=[TORCH_REQUIREMENT],
+                    serialization_format="pickle")
+        run.log_dir(model_dir, MODEL_ARTIFACT)
     generator.train(was_training)
+
+
+TORCH_REQUIREMENT = f"torch=={torch.__version__.split('+')[0]}"
+
+
+def save_table_model(scripted: torch.jit.ScriptModule, dataset: Dataset, encoding: Path,
+                     model_dir: Path, example: Any) -> None:
+    """A pyfunc whose predict(z) returns rows in the table's own schema (tables/pyfunc.py)."""
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from pipeline.tables.pyfunc import TableGenerator
+
+    assert dataset.table is not None
+    scripted_file = model_dir.parent / "generator_script.pt"
+    torch.jit.save(scripted, str(scripted_file))
+    with torch.no_grad():
+        rows = dataset.table.transformer.inverse_transform(
+            scripted(torch.from_numpy(example)).numpy())
+    import numpy as np
+    import scipy
+
+    with warnings.catch_warnings(), quiet_logger("mlflow"):
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(
+            str(model_dir), python_model=TableGenerator(),
+            artifacts={"generator": str(scripted_file), "encoding": str(encoding)},
+            code_paths=[str(PACKAGE_DIR)], signature=infer_signature(example, rows),
+            input_example=example,
+            pip_requirements=[TORCH_REQUIREMENT, f"pandas=={pd.__version__}",
+                              f"numpy=={np.__version__}", f"scipy=={scipy.__version__}"])
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent  # pipeline/: the code a table's pyfunc carries
 
 
 OUTPUT_SCALES = {

@@ -21,7 +21,8 @@ import torch
 
 from pipeline.batches import TensorBatches
 from pipeline.config import Config, ConfigError, DataConfig, EvalConfig, ModelConfig
-from pipeline.data import DATASETS, Dataset, load_dataset
+from pipeline.data import DATASETS, load_dataset
+from pipeline.dataset import Dataset
 from pipeline.devices import default_device
 from pipeline.metrics import MAIN_METRICS, Evaluator, check_settings
 from pipeline.module import GANModule

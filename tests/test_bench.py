@@ -17,8 +17,8 @@ from bench.flops import step_flops
 from bench.plain import PlainGAN
 from pipeline.batches import TensorBatches
 from pipeline.config import Config, load_config
-from pipeline.data import grid25
 from pipeline.prepare import build_module
+from pipeline.readers.mixtures import grid25
 from pipeline.train import make_trainer
 
 TINY = ["model.latent_dim=3", "model.g_hidden=[16, 8]", "model.d_hidden=[12]",

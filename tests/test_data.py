@@ -11,7 +11,10 @@ import torch
 
 from pipeline.batches import TensorBatches
 from pipeline.config import DataConfig
-from pipeline.data import DataError, digits, grid25, load_dataset, ring8
+from pipeline.data import load_dataset
+from pipeline.errors import DataError
+from pipeline.readers.idx import digits
+from pipeline.readers.mixtures import grid25, ring8
 
 
 def test_ring8_has_eight_distinct_angles() -> None:

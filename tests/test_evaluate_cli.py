@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.__main__ import main
 from pipeline.config import PROJECT_ROOT
-from pipeline.data import ring8
+from pipeline.readers.mixtures import ring8
 
 
 def test_evaluate_true_mixture_samples(tmp_path: Path, capsys) -> None:

@@ -20,7 +20,7 @@ from slow_helpers import SMOKE
 
 from pipeline.__main__ import capped_workers, main
 from pipeline.config import PROJECT_ROOT, ConfigError
-from pipeline.data import ring8
+from pipeline.readers.mixtures import ring8
 from pipeline.study.spec import load_study_file, parse_study
 from pipeline.study.store import (
     ERROR_ATTR,
@@ -322,16 +322,18 @@ def test_torn_journal_tail_is_repaired(study_env: tuple[str, str],
     assert main(["compare", "--study", "smoke", "--storage", storage, "--format", "json"]) == 0
 
 
-def test_a_journal_corrupted_mid_file_is_mended(tmp_path: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
-    """What the torn tail did before this repair existed: a record appended after it."""
+def test_a_journal_corrupted_mid_file_is_refused_and_kept(tmp_path: Path) -> None:
+    """What the torn tail did before its repair existed (a record appended after it): only a
+    torn *last* record is mended; damage inside the file is refused, the file kept as it is."""
     path = tmp_path / "j.journal"
-    study = optuna.create_study(storage=open_storage(str(path)), study_name="s")
+    study = optuna.create_study(storage=open_storage(str(path), create=True), study_name="s")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     lines = path.read_bytes().splitlines(keepends=True)
-    path.write_bytes(b"".join([*lines[:3], lines[3][:10], *lines[3:]]))
-    again = optuna.load_study(storage=open_storage(str(path)), study_name="s")
-    assert len(again.trials) == 2 and "dropped 1 torn record(s)" in caplog.text
+    damaged = b"".join([*lines[:3], lines[3][:10], *lines[3:]])
+    path.write_bytes(damaged)
+    with pytest.raises(ConfigError, match=f"damaged journal: line 4 of {len(lines)} is not"):
+        open_storage(str(path), create=True)
+    assert path.read_bytes() == damaged
 
 
 def test_resuming_an_edited_study_names_the_difference(study_env: tuple[str, str],
@@ -410,7 +412,7 @@ def test_fresh_stores_created_at_the_same_moment(tmp_path: Path) -> None:
         "from pipeline.study.store import open_storage\n"
         f"client = get_client('sqlite:///{tmp_path}/mlflow.db')\n"
         "client.search_experiments()\n"
-        f"open_storage('sqlite:///{tmp_path}/optuna.db')\n"
+        f"open_storage('sqlite:///{tmp_path}/optuna.db', create=True)\n"
     )
     procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
                               env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})

@@ -17,12 +17,17 @@ FLOORS: list[list[str]] = [
     ["pipeline.compare", "pipeline.export", "pipeline.reeval", ],
     ["pipeline.study"],  # one room: space < spec < store < objective, parent_run < sweep
     ["pipeline.evaluate", "pipeline.train"],
-    ["pipeline.callbacks"],
-    ["pipeline.module", "pipeline.tracking", "pipeline.checkpoint"],
+    ["pipeline.model_log"],
+    ["pipeline.prepare", "pipeline.callbacks"],
+    ["pipeline.module", "pipeline.tracking", "pipeline.checkpoint", "pipeline.costs"],
     ["pipeline.config"],
     # the registries (what config validates against) and leaf utilities
     ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.metrics",
-     "pipeline.plots", "pipeline.logs", "pipeline.interrupt", "pipeline"],
+     "pipeline.plots", "pipeline.logs", "pipeline.interrupt", "pipeline.batches",
+     "pipeline.devices"],
+    # the readers: files and generators -> a Dataset, from plain arguments
+    ["pipeline.readers", "pipeline.tables"],
+    ["pipeline.dataset", "pipeline.errors", "pipeline"],
 ]
 STUDY_ORDER = ["space", "spec", "store", "objective", "parent_run", "sweep"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import Dataset
-from pipeline.data import digits as digits_dataset  # the 80/20 split the pipeline uses
+from pipeline.dataset import Dataset
 from pipeline.metrics import classifier as clf
 from pipeline.metrics import load_or_train_classifier
+from pipeline.readers.idx import digits as digits_dataset  # the 80/20 split the pipeline uses
 
 
 @pytest.fixture(scope="module")

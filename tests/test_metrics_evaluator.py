@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.data import Dataset, mixture, ring8_centres
-from pipeline.data import digits as digits_dataset  # the 80/20 split the pipeline uses
-from pipeline.data import ring8 as ring8_dataset  # the name ring8 is the fixture's
+from pipeline.dataset import Dataset
 from pipeline.metrics import Evaluator
+from pipeline.readers.idx import digits as digits_dataset  # the 80/20 split the pipeline uses
+from pipeline.readers.mixtures import mixture, ring8_centres
+from pipeline.readers.mixtures import ring8 as ring8_dataset  # the name ring8 is the fixture's
 
 POINT_METRICS = ["fid", "kid", "precision", "recall", "density", "coverage", "modes_covered",
                  "high_quality", "reverse_kl", "pacgan_score"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import DEBIAN_FASHION_MNIST, idx_dataset
 from pipeline.metrics import Evaluator
+from pipeline.readers.idx import DEBIAN_FASHION_MNIST, idx_dataset
 
 
 @pytest.mark.slow

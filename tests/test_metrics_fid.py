@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.linalg import sqrtm
 
-from pipeline.data import Dataset
+from pipeline.dataset import Dataset
 from pipeline.metrics import Evaluator
 
 

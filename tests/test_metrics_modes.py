@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pipeline.data import grid25_centres, mixture, ring8_centres
 from pipeline.metrics import class_metrics, kl_divergence, mixture_mode_metrics
+from pipeline.readers.mixtures import grid25_centres, mixture, ring8_centres
 
 P_WITHIN_3_STD = 1 - math.exp(-4.5)  # P(chi2 with 2 dof <= 9) = 0.98889
 

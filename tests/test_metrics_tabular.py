@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.data import Dataset, TableParts
+from pipeline.dataset import Dataset, TableParts
 from pipeline.metrics import registry, tabular
 from pipeline.metrics.evaluator import Evaluator
 from pipeline.tables.transform import TableTransformer

@@ -10,10 +10,11 @@ from torch import nn
 
 from pipeline import losses
 from pipeline.config import ConfigError, load_config
-from pipeline.data import DATASETS, Mixture, ring_centres
+from pipeline.data import DATASETS, Mixture
 from pipeline.metrics import registry
 from pipeline.networks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, Activation
 from pipeline.prepare import cached_dataset
+from pipeline.readers.mixtures import ring_centres
 from pipeline.study.spec import parse_study
 
 CHOICES = [

@@ -46,7 +46,7 @@ def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> Non
     assert data_input.dataset.name == "grid25-train"
     assert [(t.key, t.value) for t in data_input.tags] == [("mlflow.data.context", "training")]
     assert json.loads(data_input.dataset.source) == {"tags": {
-        "drawn_by": "pipeline.data.mixture", "modes": "25", "n": str(cfg.data.n_points),
+        "drawn_by": "pipeline.readers.mixtures.mixture", "modes": "25", "n": str(cfg.data.n_points),
         "std": "0.05", "seed": str(cfg.train.seed)}}
     assert json.loads(data_input.dataset.profile)["features_shape"] == [cfg.data.n_points, 2]
 
@@ -236,7 +236,7 @@ def test_cli_run_records_source_and_git_commit(store_uri: str, tmp_path: Path) -
 
 
 def test_missing_data_logs_nothing(tiny_config, store_uri: str, tmp_path: Path) -> None:
-    from pipeline.data import DataError
+    from pipeline.errors import DataError
 
     with pytest.raises(DataError):
         fit(tiny_config("data.name=fashion_mnist", f"data.root={tmp_path / 'nothing'}"))

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.config
-    from pipeline.data import Dataset
+    from pipeline.dataset import Dataset
 
 CLASSIFIER_VERSION = 1
 HIDDEN = (256, 128)

@@ -24,7 +24,7 @@ from pipeline.metrics.registry import MIN_SAMPLES, Fakes, Reference, Scorer, che
 if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.data
     import pandas as pd
 
-    from pipeline.data import Dataset
+    from pipeline.dataset import Dataset
 
 # The floor's fresh mixture points: a seed far from the small ones runs use (a run's points come
 # from its own seed, 0 by default), so that the floor shares no draws with a training set.
@@ -150,7 +150,9 @@ class Evaluator:
                 raise ValueError(f"floor: images {ds.name!r} have no test split")
             return ds.test
         if ds.centres is not None and ds.std is not None:
-            from pipeline.data import mixture  # the mixture's own formula, not a copy of it
+            from pipeline.readers.mixtures import (
+                mixture,  # the mixture's own formula, not a copy of it
+            )
 
             return mixture(ds.name, ds.centres, self.n_samples, ds.std, FLOOR_SEED).train
         raise ValueError(f"floor: the {ds.kind} dataset {ds.name!r} has no distribution to draw "

@@ -22,7 +22,7 @@ from torch import Tensor
 if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.data
     import pandas as pd
 
-    from pipeline.data import Dataset, TableParts
+    from pipeline.dataset import Dataset, TableParts
     from pipeline.metrics.tabular import PairSample
 
 VAL_PREFIX = "val/"  # metrics of an evaluation are logged as val/<name>, step = epoch

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.data import Dataset
+from pipeline.dataset import Dataset
 from pipeline.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

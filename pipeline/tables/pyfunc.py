@@ -1,0 +1,39 @@
+"""A table generator as an MLflow pyfunc model: latent vectors in, rows in the original schema out.
+
+``mlflow.pyfunc.load_model("models:/<study>-generator@champion").predict(z)`` returns a DataFrame
+with the table's own columns, dtypes and categories: the TorchScript generator, then the fitted
+TableTransformer (from its JSON) decodes its output. The model carries this package's code
+(``code_paths``), so it loads where the project is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+
+GENERATOR_FILE = "generator.pt"  # the TorchScript archive, an artifact of the pyfunc model
+ENCODING_FILE = "table_encoding.json"
+
+
+class TableGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
+    # No type hints on these two: MLflow reads predict's hints as a schema and warns about Any.
+    def load_context(self, context):  # type: ignore[no-untyped-def]
+        import torch
+
+        from pipeline.tables.transform import TableTransformer
+
+        self.generator = torch.jit.load(context.artifacts["generator"], map_location="cpu")
+        self.generator.eval()
+        encoding = json.loads(Path(context.artifacts["encoding"]).read_text())
+        self.transformer = TableTransformer.from_dict(encoding)
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import torch
+
+        z = np.asarray(model_input, dtype=np.float32)
+        with torch.no_grad():
+            encoded = self.generator(torch.from_numpy(z)).numpy()
+        return self.transformer.inverse_transform(encoded)
