@@ -25,10 +25,10 @@ def _mps_available() -> bool:
     return bool(torch.backends.mps.is_available())
 
 
-def _cuda() -> str:
+def _cuda(name: str = "gpu") -> str:
     if not _cuda_available():
-        raise ConfigError("train.accelerator: this machine has no CUDA GPU torch can use "
-                          "(use auto or cpu)")
+        raise ConfigError(f"train.accelerator: got {name!r}, but this machine has no CUDA GPU "
+                          "torch can use (use auto or cpu)")
     # cuBLAS is only deterministic with a fixed workspace; must be set before its first use.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     return "cuda:0"
@@ -54,7 +54,7 @@ ACCELERATORS: dict[str, Accelerator] = {
     "auto": Accelerator(_auto, uses_gpus=True),
     "cpu": Accelerator(lambda: "cpu"),
     "gpu": Accelerator(_cuda, uses_gpus=True),
-    "cuda": Accelerator(_cuda, uses_gpus=True),
+    "cuda": Accelerator(lambda: _cuda("cuda"), uses_gpus=True),
     "mps": Accelerator(_mps),
 }
 

@@ -12,14 +12,16 @@ onnxruntime, with ``config.json`` holding the full resolved config and the gener
 from __future__ import annotations
 
 import json
+import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, cut, mask_secrets
 from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.networks import Generator
 from pipeline.plots import samples_png
@@ -27,6 +29,9 @@ from pipeline.study.store import RUN_ATTR, best_trial, find_study
 from pipeline.tracking import open_store_for_reading, tracking_uri
 
 ALIAS = "champion"
+# What export writes into its folder; nothing else there is touched.
+EXPORT_FILES = ("generator.pt", "generator.onnx", "config.json", "metrics.json", "samples.png",
+                "MODEL_CARD.md")
 MODEL_ARTIFACT = "generator"  # train.MODEL_ARTIFACT: the MLflow model every run logs
 LATENT = "standard normal N(0, I), float32"
 
@@ -36,9 +41,10 @@ class ExportError(ConfigError):
 
 
 def export_best(study_name: str, out_dir: str | Path | None = None, *,
-                storage: str | None = None) -> tuple[Path, int]:
+                storage: str | None = None, force: bool = False) -> tuple[Path, int]:
     """Export the study's best trial to ``out_dir`` (default exports/<study>/); returns the
-    folder and the registered model version."""
+    folder and the registered model version. The folder must be new, empty or an earlier
+    export of the same run (``check_out_dir``), unless ``force``."""
     study, defn = find_study(study_name, storage)
     best = best_trial(study)
     if best is None:
@@ -46,13 +52,16 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
     run_id = best.user_attrs.get(RUN_ATTR)
     if not run_id:
         raise ExportError(f"study {study_name}: trial {best.number} has no MLflow run recorded")
+    out = Path(out_dir) if out_dir else Path("exports") / study_name
+    check_out_dir(out, run_id, force=force)  # before anything is registered or written
     uri = tracking_uri(defn.base.tracking.tracking_uri)
     client = open_store_for_reading(uri)
     try:
         run = client.get_run(run_id)
     except Exception:
         raise ExportError(f"study {study_name}: the best trial's run {run_id} is not in the "
-                          f"MLflow store {uri} (was the store deleted or replaced?)") from None
+                          f"MLflow store {mask_secrets(uri)} (was the store deleted or "
+                          f"replaced?)") from None
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -64,11 +73,12 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
             generator = Generator(**meta["generator_kwargs"])
             generator.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
         except Exception as exc:
-            raise ExportError(f"run {run_id}: cannot read its model/ artifacts ({exc}); "
-                              "was it trained with tracking.log_weights=false?") from None
+            raise ExportError(f"run {run_id}: cannot read its model/ artifacts ({cut(str(exc))})"
+                              f"; was it trained with tracking.log_weights=false?") from None
     generator.eval()
+    # config.json travels with the model: no password of the store in it
+    resolved["tracking"] = {k: mask_secrets(v) for k, v in resolved.get("tracking", {}).items()}
 
-    out = Path(out_dir) if out_dir else Path("exports") / study_name
     out.mkdir(parents=True, exist_ok=True)
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(VAL_PREFIX)}
     metrics["objective"] = float(best.value)  # type: ignore[arg-type]
@@ -96,19 +106,67 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
                       "last_k": defn.spec.objective.last_k, "value": best.value},
         "params": best.params,
     }
-    write_torchscript(generator, out / "generator.pt")
-    write_onnx(generator, out / "generator.onnx")
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     n = 64 if meta["image_shape"] else 2500
     with torch.no_grad():
         samples = generator(torch.randn(n, generator.latent_dim,
                                         generator=torch.Generator().manual_seed(0)))
-    (out / "samples.png").write_bytes(samples_png(
+    png = samples_png(
         samples.numpy(), image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None,
-        centres=_centres(config), title=f"{study_name}: trial {best.number}"))
-    (out / "MODEL_CARD.md").write_text(model_card(config, metrics))
+        centres=_centres(config), title=f"{study_name}: trial {best.number}")
+    writers: dict[str, Callable[[Path], object]] = {
+        "generator.pt": lambda p: write_torchscript(generator, p),
+        "generator.onnx": lambda p: write_onnx(generator, p),
+        "config.json": lambda p: p.write_text(json.dumps(config, indent=2)),
+        "metrics.json": lambda p: p.write_text(json.dumps(metrics, indent=2, sort_keys=True)),
+        "samples.png": lambda p: p.write_bytes(png),
+        "MODEL_CARD.md": lambda p: p.write_text(model_card(config, metrics)),
+    }
+    # config.json first: it marks the folder as this run's export (check_out_dir), so an
+    # export stopped half-way can be run again into the same folder
+    for name in sorted(EXPORT_FILES, key=lambda f: f != "config.json"):
+        write_replacing(out / name, writers[name])
     return out, version
+
+
+def check_out_dir(out: Path, run_id: str, *, force: bool = False) -> None:
+    """``--out`` must be a new folder, an empty one or an earlier export of the same run (its
+    config.json names the run): a one-line ExportError otherwise, before anything is
+    registered or written. ``force`` writes into a non-empty folder or through a link; an
+    existing file, or a place that cannot be written, is refused even then."""
+    hint = "; give --force to write into it anyway"
+    if out.is_symlink() and not (force and out.exists()):
+        raise ExportError(f"--out {out}: a symbolic link (to {cut(os.readlink(out))}); give "
+                          f"the folder itself{', or --force to follow it' if out.exists() else ''}")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: an existing file, not a folder; choose another path")
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ExportError(f"--out {out}: {existing} is a file, so the folder cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"--out {out}: {existing} is not writable")
+    if existing != out or force or not any(out.iterdir()):
+        return
+    try:
+        previous = json.loads((out / "config.json").read_text()).get("mlflow_run_id")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if not previous:
+        raise ExportError(f"--out {out}: a non-empty folder that is not an export (no "
+                          f"config.json naming a run); choose a new or empty folder{hint}")
+    if previous != run_id:
+        raise ExportError(f"--out {out}: holds the export of another run ({cut(str(previous))}"
+                          f", not {run_id}); choose a new or empty folder{hint}")
+
+
+def write_replacing(path: Path, write: Callable[[Path], object]) -> None:
+    """Written beside ``path`` and renamed over it: a link already at ``path`` is replaced,
+    never followed, and a failure leaves no half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_torchscript(generator: Generator, path: Path) -> None:

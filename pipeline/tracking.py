@@ -26,7 +26,7 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline import __version__
-from pipeline.config import ConfigError, check_tracking_uri
+from pipeline.config import ConfigError, check_tracking_uri, cut, mask_secrets
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,7 +72,10 @@ _opened: set[str] = set()
 def get_client(uri: str) -> MlflowClient:
     """A client on ``uri``. The first one in a process creates (or migrates) a SQLite store's
     schema under a file lock: two processes creating one fresh store at once otherwise race in
-    MLflow's migrations and can leave it unusable."""
+    MLflow's migrations and can leave it unusable. A server must answer the first time
+    (``check_reachable``): one line in seconds, not minutes of retries and a traceback."""
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri)
     if uri in _opened or not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
     path = sqlite_path(uri)
@@ -88,13 +91,120 @@ def get_client(uri: str) -> MlflowClient:
 
 
 def open_store_for_reading(uri: str) -> MlflowClient:
-    """A client for commands that only read (compare, export): a missing SQLite store is an
-    error, never silently recreated empty."""
-    if uri.startswith("sqlite:///") and not sqlite_path(uri).exists():
-        raise ConfigError(f"MLflow store {sqlite_path(uri)} does not exist (deleted or moved?): "
-                          f"the study's runs are not there; set MLFLOW_TRACKING_URI to the store "
-                          f"it was run with, or run the study again")
-    return get_client(uri)
+    """A client for commands that only read (compare, export, reeval's lookup): a store that
+    is missing, empty or not MLflow's is an error, never created or given MLflow's schema
+    (MLflow writes its tables into any database that lacks them, a 0-byte file included)."""
+    where = f"MLflow store {mask_secrets(uri)}"
+    if uri.startswith("sqlite:///"):
+        _check_sqlite_store(sqlite_path(uri), f"MLflow store {sqlite_path(uri)}")
+    elif uri.startswith("file:"):
+        folder = Path(uri.removeprefix("file://") if uri.startswith("file://")
+                      else uri.removeprefix("file:"))
+        if not folder.is_dir():
+            raise ConfigError(f"{where}: no such folder {folder} (deleted or moved?): the "
+                              f"study's runs are not there")
+    elif uri.startswith(("postgresql", "mysql", "mssql")):
+        import sqlalchemy
+
+        try:
+            engine = sqlalchemy.create_engine(uri)
+        except Exception as exc:
+            raise ConfigError(f"{where}: not a usable database URL ({cut(str(exc))})") from None
+        _check_mlflow_tables(engine, where)
+    return get_client(uri)  # a server is checked there
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_store(path: Path, where: str) -> None:
+    if not path.exists():
+        raise ConfigError(f"{where} does not exist (deleted or moved?): the study's runs are "
+                          f"not there; set MLFLOW_TRACKING_URI to the store it was run with, "
+                          f"or run the study again")
+    if not path.is_file():
+        raise ConfigError(f"{where}: {path} is not a regular file")
+    with open(path, "rb") as fh:
+        header = fh.read(len(SQLITE_HEADER))
+    if not header:
+        raise ConfigError(f"{where}: {path} is empty (0 bytes), not an MLflow store; set "
+                          f"MLFLOW_TRACKING_URI to the store the study was run with")
+    if header != SQLITE_HEADER:
+        raise ConfigError(f"{where}: {path} is not an SQLite database, so not an MLflow store")
+    import sqlite3
+
+    import sqlalchemy
+
+    ro = f"{path.resolve().as_uri()}?mode=ro"  # read-only: the file cannot be changed
+    engine = sqlalchemy.create_engine("sqlite://", creator=lambda: sqlite3.connect(ro, uri=True))
+    _check_mlflow_tables(engine, where)
+
+
+def _check_mlflow_tables(engine: Any, where: str) -> None:
+    """MLflow's own test of a fresh database, the one after which it creates its tables."""
+    from mlflow.store.db.utils import _all_tables_exist
+
+    try:
+        complete = _all_tables_exist(engine)
+    except Exception as exc:
+        raise ConfigError(f"{where}: cannot read it ({type(exc).__name__}: "
+                          f"{cut(str(exc).splitlines()[0] if str(exc) else '')})") from None
+    finally:
+        engine.dispose()
+    if not complete:
+        raise ConfigError(f"{where}: not an MLflow store (MLflow's tables are missing); set "
+                          f"MLFLOW_TRACKING_URI to the store the study was run with")
+
+
+# A server that is down: MLflow's defaults (7 retries with a doubling back-off, 120 s a
+# request) take minutes to say so. The first contact in a process uses these instead, each only
+# where the user has not set it; later requests keep MLflow's patience (a busy server, a
+# restart mid-run).
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+_answered: set[str] = set()
+
+
+@contextmanager
+def quick_http_failures() -> Iterator[None]:
+    unset = {k: v for k, v in QUICK_HTTP.items() if k not in os.environ}
+    os.environ.update(unset)
+    try:
+        yield
+    finally:
+        for key in unset:
+            os.environ.pop(key, None)
+
+
+def check_reachable(uri: str) -> None:
+    """The store answers (once per process and store), or a one-line ConfigError in seconds;
+    the URI in it has its password masked."""
+    if uri in _answered:
+        return
+    with quick_http_failures():
+        try:
+            server = uri.startswith(("http://", "https://"))
+            client = MlflowClient(tracking_uri=uri) if server else get_client(uri)
+            client.search_experiments(max_results=1)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"MLflow at {mask_secrets(uri)} does not answer: "
+                              f"{unreachable_reason(exc)}") from None
+    _answered.add(uri)
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")]+")
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """The cause in a few words ('[Errno 111] Connection refused'), else the first line."""
+    text = str(exc).strip()
+    found = _ERRNO.search(text)
+    if found:
+        return found.group(0).strip()
+    if "timed out" in text:
+        return f"timed out after {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
+    return cut(text.splitlines()[0]) if text else type(exc).__name__
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -111,19 +221,6 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         return str(found.experiment_id)
 
 
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s/]+@")
-_QUERY_SECRET = re.compile(r"((?:^|[?&;\s])(?:password|passwd|pwd|secret|token|api_key)=)[^&;\s]*",
-                           re.IGNORECASE)
-
-
-def mask_secrets(value: Any) -> Any:
-    """Hide passwords in URLs before they are logged or printed: ``user:secret@host``,
-    ``:secret@host`` and query parameters such as ``?password=secret``."""
-    if isinstance(value, str):
-        return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", value))
-    return value
-
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -136,7 +233,7 @@ class RunLogger:
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(mask_secrets(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        items = [Param(k, mask_secrets(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         self.client.log_batch(self.run_id, params=items)  # MLflow splits large batches itself
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -149,7 +246,7 @@ class RunLogger:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if tags:
-            items = [RunTag(k, str(mask_secrets(v))[:5000]) for k, v in tags.items()]
+            items = [RunTag(k, mask_secrets(str(v))[:5000]) for k, v in tags.items()]
             self.client.log_batch(self.run_id, tags=items)
 
     def log_figure(self, fig: Figure, artifact_file: str) -> None:
@@ -217,7 +314,7 @@ def start_run(client: MlflowClient, experiment: str, *, run_name: str | None = N
         all_tags[MLFLOW_RUN_NAME] = run_name
     if parent_run_id:
         all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    resolved = resolve_tags({k: str(mask_secrets(v)) for k, v in all_tags.items()})
+    resolved = resolve_tags({k: mask_secrets(str(v)) for k, v in all_tags.items()})
     run = client.create_run(experiment_id(client, experiment), tags=resolved, run_name=run_name)
     return str(run.info.run_id)
 

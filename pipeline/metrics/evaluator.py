@@ -71,7 +71,11 @@ class Evaluator:
         self._decode: Callable[[Tensor], pd.DataFrame] | None = None
         self._floor: dict[str, float] | None = None
         real = dataset.train
-        if dataset.is_images:
+        if dataset.is_images and dataset.num_classes is None:
+            # An unlabelled image folder: no classes to train a feature classifier on, so FID
+            # and the others compare raw pixels, and the tag says so.
+            self.feature_name = "pixels (no labels: no feature classifier)"
+        elif dataset.is_images:
             model, self.classifier_accuracy = load_or_train_classifier(
                 dataset, Path(cache_dir), device=self.device
             )

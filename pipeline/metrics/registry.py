@@ -134,8 +134,12 @@ def _categorical_tables(traits: DatasetTraits) -> bool:
 
 
 def _labelled(traits: DatasetTraits) -> bool:
-    """Class labels: images have them, a table when data.label names its label column."""
-    return traits.kind == "images" or _table_may(traits, lambda parts: parts.label is not None)
+    """Class labels: images have them (an image folder only when sorted into class
+    sub-folders), a table when data.label names its label column. A registry entry has no
+    labels to look at: there the family may apply."""
+    if traits.kind == "images":
+        return getattr(traits, "num_classes", 0) is not None
+    return _table_may(traits, lambda parts: parts.label is not None)
 
 
 # --- how each family prepares and scores --------------------------------------------------------

@@ -10,16 +10,18 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages.journal._storage import JournalOperation as _OP  # not exported
 
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, cut, mask_secrets
 from pipeline.study.spec import StudyDefinition, check_study_name, parse_study, study_changes
 
 DEFAULT_STORAGE = Path("runs") / "optuna.journal"
@@ -45,74 +47,183 @@ def storage_url(given: str | None = None) -> str:
     return given or os.environ.get("OPTUNA_STORAGE") or str(DEFAULT_STORAGE)
 
 
-def open_storage(url: str, *, on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial],
-                                                  None] | None = None
+def open_storage(url: str, *, create: bool = False,
+                 on_stale: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None
                  ) -> optuna.storages.BaseStorage:
     """An RDB URL (postgresql://, sqlite://) as is; anything else is a journal file path.
 
     The journal file is Optuna's storage for several processes on one machine (SQLite locks
-    under parallel writers); PostgreSQL is the one for many machines. ``on_stale``: a sweep's
-    database storage runs Optuna's heartbeat, and this is called for each trial it fails.
+    under parallel writers); PostgreSQL is the one for many machines. Only ``create`` (sweep)
+    makes a new storage (a journal file, Optuna's tables) or mends a journal's torn last
+    record; without it (compare, export, reeval, dashboard) a storage is opened as it is or
+    refused. A file that is not a journal, or a damaged one, is refused either way and kept as
+    it is. ``on_stale``: a sweep's database storage runs Optuna's heartbeat, and this is called
+    for each trial it fails.
     """
     if "://" in url:
         heartbeat: dict[str, Any] = {} if on_stale is None else dict(
             heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=on_stale)
-        return _rdb_storage(url, **heartbeat)
+        return _rdb_storage(url, create=create, **heartbeat)
     path = Path(url)
     if path.is_dir():
         raise ConfigError(f"--storage {url}: a folder; expected a journal file or a database URL")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _journal_storage(path, create=True)
+    if not path.exists():
+        raise ConfigError(f"--storage {url}: no study storage there (run `make sweep` first, "
+                          f"or give the storage the study was run with)")
+    with folder_lock(path.parent, exclusive=False):  # not while a sweep creates the journal
+        return _journal_storage(path, create=False)
+
+
+def _journal_storage(path: Path, *, create: bool) -> optuna.storages.JournalStorage:
     from optuna.storages.journal import JournalFileBackend
 
-    repair_journal(path)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def repair_journal(path: Path) -> None:
-    """Drop torn records from a journal file before anything appends to it.
-
-    A writer killed mid-write (or a full disk) can leave a last line without its newline or with
-    half a JSON record. Optuna's reader skips it, but the next append lands right after it and
-    makes the whole file unreadable (as it did before this repair existed: such a file is mended
-    too). Done under the journal's own lock, so no writer is mid-record.
-    """
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    from optuna.storages.journal import JournalFileSymlinkLock
-
-    lock = JournalFileSymlinkLock(str(path))
-    lock.acquire()
+    if path.exists():
+        check_journal(path, mend=create)
     try:
-        data = path.read_bytes()
-        lines = data.splitlines(keepends=True)
-        good = [line for line in lines if line.endswith(b"\n") and _is_record(line)]
-        if len(good) == len(lines):
-            return
-        if all(line is kept for line, kept in zip(lines, good, strict=False)):
-            with open(path, "rb+") as fh:  # only the tail is torn: cut it in place
-                fh.truncate(sum(len(line) for line in good))
-        else:
-            tmp = path.with_name(path.name + ".repair")
-            tmp.write_bytes(b"".join(good))
-            os.replace(tmp, path)
-        log.warning("warning: %s: dropped %d torn record(s) (%d bytes); a trial they updated "
-                    "may be marked failed", path, len(lines) - len(good),
-                    len(data) - sum(len(line) for line in good))
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except Exception as exc:  # records that are well formed but cannot be replayed
+        raise ConfigError(_damaged(path, create, f"Optuna cannot replay its records "
+                                                 f"({type(exc).__name__}: {cut(str(exc))})")
+                          ) from None
+
+
+@contextmanager
+def folder_lock(folder: Path, *, exclusive: bool) -> Iterator[None]:
+    """A lock on the journal's folder, held by a sweep from opening a journal to creating its
+    study (``create_or_load``): until its first record, a new journal is an empty file, which
+    any other process would rightly refuse as a journal that was emptied."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
     finally:
-        lock.release()
+        os.close(fd)  # releases the lock
+
+
+# The fields Optuna writes in each kind of journal record (besides op_code and worker_id).
+_RECORD_FIELDS: dict[int, dict[str, type]] = {
+    _OP.CREATE_STUDY: {"study_name": str, "directions": list},
+    _OP.DELETE_STUDY: {"study_id": int},
+    _OP.SET_STUDY_USER_ATTR: {"study_id": int, "user_attr": dict},
+    _OP.SET_STUDY_SYSTEM_ATTR: {"study_id": int, "system_attr": dict},
+    _OP.CREATE_TRIAL: {"study_id": int},
+    _OP.SET_TRIAL_PARAM: {"trial_id": int, "param_name": str, "distribution": str},
+    _OP.SET_TRIAL_STATE_VALUES: {"trial_id": int, "state": int},
+    _OP.SET_TRIAL_INTERMEDIATE_VALUE: {"trial_id": int, "step": int},
+    _OP.SET_TRIAL_USER_ATTR: {"trial_id": int, "user_attr": dict},
+    _OP.SET_TRIAL_SYSTEM_ATTR: {"trial_id": int, "system_attr": dict},
+    _OP.DISCARD_TRIALS: {},
+}
+_RECORD_START = b'{"op_code":'  # how Optuna's json.dumps begins every record
 
 
 def _is_record(line: bytes) -> bool:
     try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
+        record = json.loads(line)
+    except ValueError:  # not JSON, or not UTF-8
         return False
+    if not isinstance(record, dict) or not isinstance(record.get("worker_id"), str):
+        return False
+    op = record.get("op_code")
+    fields = _RECORD_FIELDS.get(op) if type(op) is int else None
+    return fields is not None and all(
+        isinstance(record.get(k), t) and not isinstance(record.get(k), bool)
+        for k, t in fields.items())
 
 
-def _rdb_storage(url: str, attempts: int = 5, **kwargs: Any) -> optuna.storages.RDBStorage:
+def _is_torn_record(line: bytes) -> bool:
+    """The start of a record, as a writer killed mid-write leaves it (records are ASCII)."""
+    return (line.isascii() and b"\0" not in line
+            and (line.startswith(_RECORD_START) or _RECORD_START.startswith(line)))
+
+
+def check_journal(path: Path, *, mend: bool = False) -> None:
+    """Every line of a journal is one of Optuna's records, or a ConfigError says what is wrong
+    (the file is then kept byte for byte).
+
+    One damage is known and safe: a writer killed mid-write (or a full disk) leaves the last
+    line without its newline. Optuna's reader skips it, but the next append would land right
+    after it and make the whole file unreadable; so with ``mend`` (sweep, the command that
+    appends) the file is copied aside and the torn tail cut off, under the journal's own lock,
+    so that no writer is mid-record. Without it, the file is only read.
+    """
+    lock = None
+    if mend:
+        from optuna.storages.journal import JournalFileSymlinkLock
+
+        lock = JournalFileSymlinkLock(str(path))
+        lock.acquire()
+    try:
+        whole, records, lines, bad = 0, 0, 0, 0
+        torn = False
+        with open(path, "rb") as fh:
+            for line in fh:
+                lines += 1
+                if _is_record(line) and line.endswith(b"\n"):
+                    whole += len(line)
+                    records += 1
+                elif not line.endswith(b"\n") and _is_torn_record(line):
+                    torn = True  # the last line: only the last can lack its newline
+                else:
+                    bad = bad or lines
+        if bad and not records:
+            raise ConfigError(f"--storage {path}: not an Optuna journal (line {bad} is not a "
+                              f"journal record); give the journal file the study was run "
+                              f"with, a database URL{', or a new path' if mend else ''}")
+        if bad:
+            raise ConfigError(_damaged(path, mend, f"line {bad} of {lines} is not a journal "
+                                                   f"record ({records} records are)"))
+        if lines == 0:
+            raise ConfigError(_damaged(path, mend, "it is empty (0 bytes)"))
+        if torn and mend:
+            _cut_torn_tail(path, whole)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _damaged(path: Path, sweep: bool, what: str) -> str:
+    then = "run the sweep again to start a new journal" if sweep else (
+        "give the storage the study was run with")
+    return (f"--storage {path}: damaged journal: {what}; nothing was changed in it. Keep it "
+            f"aside (mv {path} {path}.damaged) and {then}; its trials' runs are still in MLflow")
+
+
+def _cut_torn_tail(path: Path, whole: int) -> None:
+    size = path.stat().st_size
+    backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    shutil.copyfile(path, backup)
+    with open(path, "rb+") as fh:
+        fh.truncate(whole)
+        os.fsync(fh.fileno())
+    log.warning("warning: %s: dropped 1 torn record(s) (%d bytes) at its end, left by a writer "
+                "killed mid-write (the file as it was: %s); a trial it updated may be marked "
+                "failed", path, size - whole, backup)
+
+
+def _rdb_storage(url: str, *, create: bool, attempts: int = 5,
+                 **kwargs: Any) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
 
+    masked = mask_secrets(url)
+    if url.startswith("sqlite:///"):
+        _check_sqlite_file(Path(url.removeprefix("sqlite:///").split("?", 1)[0]), masked, create)
+    if not create:  # Optuna would create its tables in a database that lacks them
+        try:
+            return optuna.storages.RDBStorage(url, skip_table_creation=True, **kwargs)
+        except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError,
+                ImportError, ValueError) as exc:
+            raise ConfigError(f"--storage {masked}: not a usable database URL "
+                              f"({cut(str(exc))})") from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            cause = exc.__cause__ or exc  # Optuna wraps the database's error
+            raise ConfigError(f"--storage {masked}: cannot read Optuna's tables there "
+                              f"({type(cause).__name__}: {cut(str(cause).splitlines()[0])})"
+                              ) from None
     races = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
              sqlalchemy.exc.OperationalError)
     for attempt in range(attempts):
@@ -127,14 +238,39 @@ def _rdb_storage(url: str, attempts: int = 5, **kwargs: Any) -> optuna.storages.
             lost_race = not isinstance(exc, sqlalchemy.exc.OperationalError) or (
                 "already exists" in str(exc))
             if attempt == attempts - 1 or not lost_race:
-                raise ConfigError(f"--storage {mask_url(url)}: cannot open the database "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+                raise ConfigError(f"--storage {masked}: cannot open the database "
+                                  f"({type(exc).__name__}: {cut(str(exc).splitlines()[0])})"
+                                  ) from None
             time.sleep(1.0 + attempt)
         except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError,
                 ImportError, ValueError) as exc:
-            raise ConfigError(f"--storage {mask_url(url)}: not a usable database URL "
-                              f"({exc})") from None
+            raise ConfigError(f"--storage {masked}: not a usable database URL "
+                              f"({cut(str(exc))})") from None
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as exc:
+            cause = exc.__cause__ or exc  # e.g. a file that is not a database
+            raise ConfigError(f"--storage {masked}: cannot open the database "
+                              f"({type(cause).__name__}: {cut(str(cause).splitlines()[0])})"
+                              ) from None
     raise AssertionError("unreachable")
+
+
+def _check_sqlite_file(path: Path, masked: str, create: bool) -> None:
+    """SQLite would create a missing file, and refuses one that is not a database only once
+    Optuna has started on it: both are decided here, the file untouched."""
+    if not path.exists():
+        if not create:
+            raise ConfigError(f"--storage {masked}: no such database file {path} (run `make "
+                              f"sweep` first, or give the storage the study was run with)")
+        return
+    if not path.is_file():
+        raise ConfigError(f"--storage {masked}: {path} is not a regular file")
+    from pipeline.tracking import SQLITE_HEADER
+
+    with open(path, "rb") as fh:
+        header = fh.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise ConfigError(f"--storage {masked}: {path} is not an SQLite database; give the "
+                          f"storage the study was run with{', or a new path' if create else ''}")
 
 
 @contextmanager
@@ -154,8 +290,7 @@ def _file_lock(url: str) -> Iterator[None]:
 
 
 def mask_url(url: str) -> str:
-    from pipeline.tracking import mask_secrets
-
+    """``mask_secrets`` for a URL (the one masking function, in pipeline.config)."""
     return str(mask_secrets(url))
 
 
@@ -171,18 +306,23 @@ def create_or_load(
     The creator also enqueues the study file's ``enqueue`` trials. A resumed study must come
     from the same definition (see ``check_same_study``).
     """
-    kwargs: dict[str, Any] = dict(
-        study_name=defn.name,
-        storage=open_storage(storage, on_stale=on_stale),
-        sampler=defn.spec.sampler.build(),
-        pruner=defn.spec.pruner.build(),
-        direction=defn.spec.objective.direction,
-    )
-    try:
-        study, created = optuna.create_study(**kwargs), True
-    except optuna.exceptions.DuplicatedStudyError:
-        study, created = optuna.load_study(**{k: v for k, v in kwargs.items()
-                                              if k != "direction"}), False
+    journal = None if "://" in storage else Path(storage)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+    # A new journal is created and given its study in one step (see ``folder_lock``).
+    with folder_lock(journal.parent, exclusive=True) if journal else nullcontext():
+        kwargs: dict[str, Any] = dict(
+            study_name=defn.name,
+            storage=open_storage(storage, create=True, on_stale=on_stale),
+            sampler=defn.spec.sampler.build(),
+            pruner=defn.spec.pruner.build(),
+            direction=defn.spec.objective.direction,
+        )
+        try:
+            study, created = optuna.create_study(**kwargs), True
+        except optuna.exceptions.DuplicatedStudyError:
+            study, created = optuna.load_study(**{k: v for k, v in kwargs.items()
+                                                  if k != "direction"}), False
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, defn.text)
@@ -224,13 +364,13 @@ def find_study(name: str, storage: str | None = None) -> tuple[optuna.Study, Stu
     url = storage_url(storage)
     if "://" not in url and not Path(url).exists():
         raise ConfigError(f"--study {name}: no study storage at {url} (run `make sweep` first)")
+    opened = open_storage(url)  # as it is: nothing created, mended or written
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(url))
+        study = optuna.load_study(study_name=name, storage=opened)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(open_storage(url))]
-        raise ConfigError(
-            f"--study {name}: not found in {url} (studies there: {', '.join(names) or 'none'})"
-        ) from None
+        names = optuna.get_all_study_names(opened)
+        raise ConfigError(f"--study {name}: not found in {mask_secrets(url)} (studies there: "
+                          f"{', '.join(names) or 'none'})") from None
     text = study.user_attrs.get(SPEC_ATTR)
     if text is None:
         raise ConfigError(f"--study {name}: the study has no study file recorded")
