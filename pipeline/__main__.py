@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
 
-    if args.resume:
+    if args.resume is not None:
         if args.config or args.overrides:
             raise ConfigError("--resume: continues a run with the config it was started with; "
                               "give no --config or key=value with it")
@@ -200,7 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.prepare import prepare  # heavy imports once the config is known to be valid
     from pipeline.train import check_resumable, train
 
-    if args.resume:
+    if args.resume is not None:
         check_resumable(args.resume, cfg)
     prepared = prepare(cfg)
     with stop_on_signals(), prepared.run(run_id=args.resume) as run:

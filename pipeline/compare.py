@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from pipeline.config import ConfigError
 from pipeline.metrics.registry import MAIN_METRICS, val_key
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study
-from pipeline.tracking import RunLogger, open_store_for_reading, tracking_uri
+from pipeline.tracking import RunLogger, mask_secrets, open_store_for_reading, tracking_uri
 
 if TYPE_CHECKING:
     from pipeline.study.spec import StudyDefinition
@@ -73,7 +73,8 @@ def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[
         rows.append(row)
     if missing and len(missing) == len(rows):
         raise ConfigError(f"study {study.study_name}: none of its top trials has its run in the "
-                          f"MLflow store {client.tracking_uri} (was it deleted or replaced?)")
+                          f"MLflow store {mask_secrets(client.tracking_uri)} (was it deleted or "
+                          "replaced?)")
     return rows
 
 

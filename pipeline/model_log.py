@@ -25,7 +25,7 @@ from pipeline.config import Config
 from pipeline.dataset import Dataset
 from pipeline.module import GANModule
 from pipeline.prepare import discriminator_kwargs, generator_kwargs
-from pipeline.tracking import RunLogger
+from pipeline.tracking import RunLogger, mask_secrets
 
 MODEL_ARTIFACT = "generator"  # the MLflow model in every run: runs:/<run_id>/generator
 WEIGHTS_ARTIFACT = "model"  # state dicts, constructor arguments, config: runs:/<run_id>/model
@@ -55,7 +55,9 @@ def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset
             "centres": None if dataset.centres is None else dataset.centres.tolist(),
         }
         (folder / "generator.json").write_text(json.dumps(meta, indent=2))
-        (folder / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        resolved = cfg.to_dict()
+        resolved["tracking"]["tracking_uri"] = mask_secrets(resolved["tracking"]["tracking_uri"])
+        (folder / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         if dataset.table is not None:
             (folder / TABLE_ENCODING_FILE).write_text(
                 json.dumps(dataset.table.transformer.to_dict()))
@@ -91,7 +93,9 @@ def save_table_model(scripted: torch.jit.ScriptModule, dataset: Dataset, encodin
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from pipeline.tables.pyfunc import TableGenerator
+    with warnings.catch_warnings():  # MLflow asks for type hints on predict when it is defined
+        warnings.simplefilter("ignore", UserWarning)
+        from pipeline.tables.pyfunc import TableGenerator
 
     assert dataset.table is not None
     scripted_file = model_dir.parent / "generator_script.pt"

@@ -30,6 +30,7 @@ from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, best_trial, find_study
 from pipeline.tracking import (
     get_client,
+    mask_secrets,
     open_store_for_reading,
     start_run,
     tracking_uri,
@@ -111,7 +112,7 @@ def study_config(study: str, storage: str | None) -> tuple[Config, str, str | No
             cfg = config_from_dict(yaml.safe_load(Path(path).read_text()))
         except Exception:
             raise ConfigError(f"study {study}: the best trial's run {run_id} has no "
-                              f"model/config.yaml in {uri}") from None
+                              f"model/config.yaml in {mask_secrets(uri)}") from None
     used = {int(t.params.get("train.seed", defn.base.train.seed)) for t in optuna_study.trials}
     parent: str | None = optuna_study.user_attrs.get(PARENT_ATTR)
     try:

@@ -72,7 +72,9 @@ def rewrite(readme: Path, blocks: dict[str, str]) -> str:
         if not pattern.search(text):
             raise ConfigError(f"{readme}: no <!-- report:{name} --> ... <!-- /report:{name} --> "
                               "block to fill (add one where the table belongs)")
-        text = pattern.sub(lambda m, b=body: f"{m.group(1)}{b}\n{m.group(2)}", text)
+        start, end = pattern.search(text).span()  # type: ignore[union-attr]
+        opening, closing = f"<!-- report:{name} -->\n", f"<!-- /report:{name} -->"
+        text = text[:start] + opening + body + "\n" + closing + text[end:]
     return text
 
 

@@ -114,7 +114,8 @@ def run_trainer(trainer: L.Trainer, module: L.LightningModule, prep: Prepared,
                 ckpt_path: str | None = None) -> None:
     try:
         trainer.fit(module, train_dataloaders=prep.train_batches,
-                    val_dataloaders=prep.eval_batches, ckpt_path=ckpt_path)
+                    val_dataloaders=prep.eval_batches, ckpt_path=ckpt_path,
+                    weights_only=True)  # a checkpoint is plain data: never unpickle code
     except SystemExit as exc:
         # Lightning turns Ctrl-C (any KeyboardInterrupt) into sys.exit(1) and ignores SIGINT
         # from then on: restore Ctrl-C and re-raise the interrupt itself (it may name the

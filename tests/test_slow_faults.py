@@ -193,7 +193,7 @@ def test_a_killed_group_leaves_zombies_the_resume_cleans(tmp_path: Path, store_u
 def test_servers_stop_on_sigterm(command: str, tmp_path: Path, store_uri: str) -> None:
     port = free_port()
     journal = tmp_path / "optuna.journal"
-    optuna.create_study(storage=open_storage(str(journal)), study_name="empty")
+    optuna.create_study(storage=open_storage(str(journal), create=True), study_name="empty")
     argv = [PYTHON, "-m", "pipeline", command, "--port", str(port)]
     if command == "dashboard":
         argv += ["--storage", str(journal)]

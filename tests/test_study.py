@@ -345,7 +345,7 @@ def test_rdb_storage_retries_when_another_machine_creates_its_tables(
     monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
     monkeypatch.setattr(time, "sleep", lambda seconds: None)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    storage = open_storage(url)
+    storage = open_storage(url, create=True)
     monkeypatch.undo()  # create_study checks isinstance(storage, RDBStorage)
     assert len(tries) == 2
     assert optuna.create_study(storage=storage, study_name="s").study_name == "s"

@@ -285,7 +285,10 @@ def test_killed_training_resumes_to_the_same_result(tiny_config, store_uri: str)
 
 def test_resume_errors(tiny_config, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--resume", "0123abcd"]) == 2
-    assert "--resume 0123abcd: no checkpoint at runs/checkpoints/0123abcd.ckpt" in (
+    assert "--resume '0123abcd': not an MLflow run id" in capsys.readouterr().err
+    run_id = "0123456789abcdef0123456789abcdef"
+    assert main(["train", "--resume", run_id]) == 2
+    assert f"--resume {run_id}: no checkpoint at runs/checkpoints/{run_id}.ckpt" in (
         capsys.readouterr().err)
     assert main(["train", "--resume", "0123abcd", "train.epochs=3"]) == 2
     assert "give no --config or key=value with it" in capsys.readouterr().err

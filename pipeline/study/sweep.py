@@ -39,7 +39,13 @@ from pipeline.study.store import (
     storage_url,
     this_worker,
 )
-from pipeline.tracking import RunLogger, close_run, get_client, mask_secrets, tracking_uri
+from pipeline.tracking import (
+    RunLogger,
+    check_reachable,
+    close_run,
+    get_client,
+    tracking_uri,
+)
 
 
 class SweepError(RuntimeError):
@@ -174,26 +180,6 @@ def run_sweep(
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start,
                         len(running))
-
-
-def check_reachable(uri: str) -> None:
-    """MLflow must answer before a study is created, or the study would have no parent run."""
-    from pipeline.config import ConfigError
-
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-    saved = {k: os.environ.get(k) for k in quick}
-    os.environ.update(quick)  # a server that is down: say so in seconds, not minutes
-    try:
-        get_client(uri).search_experiments(max_results=1)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"MLflow at {mask_secrets(uri)} does not answer: {first}") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class StaleRunCloser:

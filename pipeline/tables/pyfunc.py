@@ -14,9 +14,6 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
-GENERATOR_FILE = "generator.pt"  # the TorchScript archive, an artifact of the pyfunc model
-ENCODING_FILE = "table_encoding.json"
-
 
 class TableGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
     # No type hints on these two: MLflow reads predict's hints as a schema and warns about Any.
