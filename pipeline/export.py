@@ -23,16 +23,17 @@ import torch
 
 from pipeline.config import ConfigError, cut, mask_secrets
 from pipeline.metrics.registry import VAL_PREFIX
+from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE
 from pipeline.networks import Generator
-from pipeline.plots import samples_png
+from pipeline.plots import figure_png, samples_png, table_figure
 from pipeline.study.store import RUN_ATTR, best_trial, find_study
+from pipeline.tables.transform import TableTransformer
 from pipeline.tracking import open_store_for_reading, tracking_uri
 
 ALIAS = "champion"
 # What export writes into its folder; nothing else there is touched.
 EXPORT_FILES = ("generator.pt", "generator.onnx", "config.json", "metrics.json", "samples.png",
                 "MODEL_CARD.md")
-MODEL_ARTIFACT = "generator"  # train.MODEL_ARTIFACT: the MLflow model every run logs
 LATENT = "standard normal N(0, I), float32"
 
 
@@ -72,6 +73,8 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
             resolved = yaml.safe_load((local / "config.yaml").read_text())
             generator = Generator(**meta["generator_kwargs"])
             generator.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
+            encoding = (json.loads((local / TABLE_ENCODING_FILE).read_text())
+                        if meta.get("kind") == "table" else None)
         except Exception as exc:
             raise ExportError(f"run {run_id}: cannot read its model/ artifacts ({cut(str(exc))})"
                               f"; was it trained with tracking.log_weights=false?") from None
@@ -96,6 +99,8 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
             "image_shape": meta["image_shape"],
             "output_scale": meta["output_scale"],
             "centres": meta["centres"],
+            # tables: the fitted TableTransformer (JSON) that decodes the output into rows
+            "table_encoding": encoding,
         },
         "study": study_name,
         "trial": best.number,
@@ -110,9 +115,14 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
     with torch.no_grad():
         samples = generator(torch.randn(n, generator.latent_dim,
                                         generator=torch.Generator().manual_seed(0)))
-    png = samples_png(
-        samples.numpy(), image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None,
-        centres=_centres(config), title=f"{study_name}: trial {best.number}")
+    title = f"{study_name}: trial {best.number}"
+    if encoding is not None:
+        transformer = TableTransformer.from_dict(encoding)
+        png = figure_png(table_figure(transformer.inverse_transform(samples.numpy()), None,
+                                      transformer.categorical, title=title))
+    else:
+        png = samples_png(samples.numpy(), centres=_centres(config), title=title,
+                          image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None)
     writers: dict[str, Callable[[Path], object]] = {
         "generator.pt": lambda p: write_torchscript(generator, p),
         "generator.onnx": lambda p: write_onnx(generator, p),
@@ -212,6 +222,10 @@ def model_card(config: dict[str, Any], metrics: dict[str, float]) -> str:
     kw = gen["kwargs"]
     shape = gen["image_shape"]
     reshape = f"; reshape each row to {tuple(shape)} for an image" if shape else ""
+    if gen.get("table_encoding"):
+        reshape = (". The registered MLflow model decodes them: its `predict(z)` returns a "
+                   "DataFrame of rows with the table's own columns, dtypes and categories; "
+                   "`python -m pipeline sample EXPORT_DIR -n 1000 --out rows.csv` writes them")
     objective = config["objective"]
     train, model = config["train"], config["model"]
     settings = "\n".join(f"| `{section}.{key}` | `{value}` |"
@@ -309,8 +323,24 @@ def sample_export(folder: str | Path, n: int, seed: int = 0) -> tuple[np.ndarray
         raise ExportError(f"{folder}: generator.pt does not match config.json ({exc})") from None
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
 def write_samples(samples: np.ndarray, config: dict[str, Any], out: str | Path) -> Path:
+    """Samples to a file by its suffix; a table's rows are decoded into its own columns,
+    dtypes and categories first (.csv, .tsv, .parquet)."""
     out = Path(out)
+    encoding = config.get("generator", {}).get("table_encoding")
+    if encoding is not None:
+        if out.suffix not in TABLE_SUFFIXES:
+            raise ExportError(f"--out {out}: a table's rows go to a .csv, .tsv or .parquet file")
+        rows = TableTransformer.from_dict(encoding).inverse_transform(samples)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".parquet":
+            rows.to_parquet(out, index=False)
+        else:
+            rows.to_csv(out, index=False, sep="\t" if out.suffix == ".tsv" else ",")
+        return out
     if out.suffix not in (".npy", ".csv", ".png"):
         raise ExportError(f"--out {out}: expected a .npy, .csv or .png file")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -34,6 +33,7 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 HEAD_ACTIVATIONS = {"none": 0, "tanh": 1, "softmax": 2}  # a table span's output -> its code
+GUMBEL_EPS = 1e-10  # keeps log(-log(u)) finite at u = 0 or 1
 
 
 class TableHead(nn.Module):
@@ -49,13 +49,18 @@ class TableHead(nn.Module):
             (int(str(start)), int(str(width)), HEAD_ACTIVATIONS[str(act)])
             for start, width, act in heads]
         self.temperature = temperature
+        self.eps = GUMBEL_EPS  # an attribute: TorchScript reads no module-level floats
 
     def forward(self, x: Tensor) -> Tensor:
         parts: list[Tensor] = []
         for start, width, code in self.spans:
             block = x[:, start : start + width]
             if code == 2:
-                block = F.gumbel_softmax(block, tau=self.temperature, hard=False)
+                # F.gumbel_softmax(hard=False), written out: its exponential sampler has no
+                # ONNX operator, a uniform one does (RandomUniformLike).
+                uniform = torch.rand_like(block).clamp(self.eps, 1.0 - self.eps)
+                gumbel = -torch.log(-torch.log(uniform))
+                block = torch.softmax((block + gumbel) / self.temperature, dim=1)
             elif code == 1:
                 block = torch.tanh(block)
             parts.append(block)

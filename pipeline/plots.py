@@ -81,10 +81,16 @@ TABLE_FIGURE_COLUMNS = 12  # more small panels than this are unreadable at 600 p
 TABLE_FIGURE_CATEGORIES = 8  # the most frequent categories of a column; the rest as "other"
 
 
-def table_figure(synthetic: pd.DataFrame, real: pd.DataFrame, categorical: Sequence[str], *,
-                 title: str = "") -> Figure:
+def table_figure(synthetic: pd.DataFrame, real: pd.DataFrame | None, categorical: Sequence[str],
+                 *, title: str = "") -> Figure:
     """One panel per column (the first 12): numeric columns as histograms of held-out and
-    synthetic rows on shared bins, categorical ones as side-by-side category frequencies."""
+    synthetic rows on shared bins, categorical ones as side-by-side category frequencies.
+    Without real rows (an export), the synthetic rows alone."""
+    if real is None:
+        real = synthetic
+        labels = ("synthetic", None)
+    else:
+        labels = ("held-out", "synthetic")
     columns = list(real.columns)[:TABLE_FIGURE_COLUMNS]
     cols = min(4, len(columns))
     rows = math.ceil(len(columns) / cols)
@@ -95,15 +101,17 @@ def table_figure(synthetic: pd.DataFrame, real: pd.DataFrame, categorical: Seque
             keep = list(real_freq.index[:TABLE_FIGURE_CATEGORIES])
             fake_freq = synthetic[name].astype(str).value_counts(normalize=True)
             x = np.arange(len(keep))
-            ax.bar(x - 0.2, [real_freq.get(k, 0.0) for k in keep], 0.4, label="held-out")
-            ax.bar(x + 0.2, [fake_freq.get(k, 0.0) for k in keep], 0.4, label="synthetic")
+            ax.bar(x - 0.2, [real_freq.get(k, 0.0) for k in keep], 0.4, label=labels[0])
+            if labels[1]:
+                ax.bar(x + 0.2, [fake_freq.get(k, 0.0) for k in keep], 0.4, label=labels[1])
             ax.set_xticks(x, [k[:10] for k in keep], rotation=30, fontsize=7)
         else:
             values = real[name].to_numpy(dtype=float)
             bins = np.histogram_bin_edges(values, bins=20)
-            ax.hist(values, bins=bins, density=True, alpha=0.5, label="held-out")
-            ax.hist(synthetic[name].to_numpy(dtype=float), bins=bins, density=True, alpha=0.5,
-                    label="synthetic")
+            ax.hist(values, bins=bins, density=True, alpha=0.5, label=labels[0])
+            if labels[1]:
+                ax.hist(synthetic[name].to_numpy(dtype=float), bins=bins, density=True,
+                        alpha=0.5, label=labels[1])
             ax.tick_params(labelsize=7)
         ax.set_title(str(name)[:30], fontsize=8)
     for ax in list(axes.flat)[len(columns):]:

@@ -82,6 +82,27 @@ search_space:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             assert trial.value == pytest.approx(run.data.metrics["val/quality"])
 
+    # export, then sample: rows in the original schema, from the export folder and from the
+    # registered MLflow model alike
+    import mlflow
+    import numpy as np
+
+    from pipeline.export import export_best, sample_export, write_samples
+
+    out, _ = export_best("tiny-table", tmp_path / "export", storage=storage)
+    samples, config = sample_export(out, 300, seed=1)
+    rows = pd.read_csv(write_samples(samples, config, tmp_path / "rows.csv"))
+    original = pd.read_csv(penguins_csv)
+    assert list(rows.columns) == list(original.columns) and len(rows) == 300
+    assert dict(rows.dtypes) == dict(original.dtypes)
+    for column in ("species", "island", "sex"):
+        assert set(rows[column]) <= set(original[column])
+    mlflow.set_tracking_uri(store_uri)
+    model = mlflow.pyfunc.load_model("models:/tiny-table-generator@champion")
+    frame = model.predict(np.zeros((4, 8), dtype=np.float32))
+    assert list(frame.columns) == list(original.columns)
+    assert frame["body_mass_g"].dtype == original["body_mass_g"].dtype
+
 
 def _date_table(path: Path) -> None:
     pd.DataFrame({"when": pd.date_range("2020-01-01", periods=60).astype(str),
