@@ -14,7 +14,7 @@ from pipeline.config import PROJECT_ROOT
 
 FLOORS: list[list[str]] = [
     ["pipeline.__main__"],
-    ["pipeline.compare", "pipeline.export", "pipeline.reeval", ],
+    ["pipeline.compare", "pipeline.export", "pipeline.reeval", "pipeline.report"],
     ["pipeline.study"],  # one room: space < spec < store < objective, parent_run < sweep
     ["pipeline.evaluate", "pipeline.train"],
     ["pipeline.model_log"],
