@@ -93,9 +93,7 @@ def save_table_model(scripted: torch.jit.ScriptModule, dataset: Dataset, encodin
     import pandas as pd
     from mlflow.models import infer_signature
 
-    with warnings.catch_warnings():  # MLflow asks for type hints on predict when it is defined
-        warnings.simplefilter("ignore", UserWarning)
-        from pipeline.tables.pyfunc import TableGenerator
+    from pipeline.tables.pyfunc import TableGenerator
 
     assert dataset.table is not None
     scripted_file = model_dir.parent / "generator_script.pt"

@@ -9,6 +9,7 @@ TableTransformer (from its JSON) decodes its output. The model carries this pack
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -16,8 +17,7 @@ import numpy as np
 
 
 class TableGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
-    # No type hints on these two: MLflow reads predict's hints as a schema and warns about Any.
-    def load_context(self, context):  # type: ignore[no-untyped-def]
+    def load_context(self, context: Any) -> None:
         import torch
 
         from pipeline.tables.transform import TableTransformer
@@ -27,7 +27,10 @@ class TableGenerator(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defin
         encoding = json.loads(Path(context.artifacts["encoding"]).read_text())
         self.transformer = TableTransformer.from_dict(encoding)
 
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    # np.ndarray in: a hint MLflow accepts without inferring a schema from it (the signature
+    # logged with the model gives the schema); other hints, or none, make it warn.
+    def predict(self, context: Any, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> Any:
         import torch
 
         z = np.asarray(model_input, dtype=np.float32)
