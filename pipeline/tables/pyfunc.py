@@ -9,8 +9,8 @@ TableTransformer (from its JSON) decodes its output. The model carries this pack
 from __future__ import annotations
 
 import json
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
