@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.metrics.registry import METRICS
 
 # Each block: (title of a row, results file) per row, and the metrics as columns.
 TABLE_COLUMNS = (("quality", "quality"), ("column_shapes", "column shapes"),
@@ -37,14 +38,15 @@ def table_blocks(results: Path) -> dict[str, list[tuple[str, Path]]]:
 
 
 def cell(report: dict[str, Any], metric: str) -> str:
-    """mean ± standard error (lowest seed) over the seeds."""
+    """mean ± standard error (the worst seed) over the seeds."""
     if metric not in report["mean"]:
         return "-"
     mean, se = report["mean"][metric], report["stderr"][metric]
     if not math.isfinite(mean):
         return "n/a"
     values = [p[metric] for p in report["per_seed"] if math.isfinite(p.get(metric, math.nan))]
-    return f"{mean:.3f} ± {se:.3f} (min {min(values):.3f})"
+    worst = max(values) if METRICS[metric].better == "lower" else min(values)
+    return f"{mean:.3f} ± {se:.3f} (worst {worst:.3f})"
 
 
 def markdown_table(rows: Sequence[tuple[str, Path]]) -> str:

@@ -8,17 +8,20 @@ evaluations. It reads like Optuna's recipe: suggest, build, fit, return the valu
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import lightning.pytorch as L
 import optuna
 
-from pipeline.config import Config, config_from_dict
+from pipeline.config import Config
+from pipeline.config_load import config_from_dict
 from pipeline.metrics.registry import EVAL_SECONDS, VAL_PREFIX
 from pipeline.study.space import sample
 from pipeline.study.spec import StudyDefinition
-from pipeline.study.store import ERROR_ATTR, OWNER_ATTR, RUN_ATTR, this_worker
-from pipeline.tracking import Ending
+from pipeline.study.store import ERROR_ATTR, OWNER_ATTR, RUN_ATTR, TRIAL_RUN_ATTR, this_worker
+from pipeline.tracking import Ending, mlflow_run
 
 if TYPE_CHECKING:
     import lightning.pytorch as L
@@ -50,6 +53,8 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.Trial) -> float:
+        if self.defn.spec.objective.seeds > 1:
+            return self._run_seeds(trial)
         from optuna_integration import PyTorchLightningPruningCallback
 
         from pipeline.prepare import prepare
@@ -74,6 +79,51 @@ class Objective:
             run.set_tags({"optuna_state": "COMPLETE"})
         return value
 
+    def _run_seeds(self, trial: optuna.Trial) -> float:
+        """The sampled configuration on ``objective.seeds`` seeds: the trial's run, one child
+        run per seed (each a whole training, with its own model, pictures and metrics, which
+        the UI compares side by side; one run holding every seed's curves would overlay them
+        on the same steps). Optuna sees the seeds' aggregate; the first seed's run is the
+        trial's ``mlflow_run_id``, the model that export and reeval read."""
+        from pipeline.prepare import prepare
+        from pipeline.train import train
+
+        spec = self.defn.spec.objective
+        cfg, sampled = self.trial_config(trial)
+        tags = {"optuna_study": self.defn.name, "optuna_trial": trial.number}
+        values: list[float] = []
+        histories: list[list[float]] = []
+        with mlflow_run(self.uri, cfg.tracking.experiment,
+                        run_name=trial_run_name(trial.number, cfg),
+                        parent_run_id=self.parent_run_id,
+                        tags={**tags, "objective_seeds": spec.seeds},
+                        ended_by={optuna.TrialPruned: PRUNED}) as trial_run:
+            trial.set_user_attr(TRIAL_RUN_ATTR, trial_run.run_id)
+            trial_run.log_params({f"sampled.{k}": v for k, v in sampled.items()})
+            for i in range(spec.seeds):
+                seed = cfg.train.seed + i
+                prepared = prepare(with_seed(cfg, seed), device=self.device)
+                pruning = SeedsPruning(trial, spec.metric, histories, spec.aggregate,
+                                       spec.direction, step_offset=i * cfg.train.epochs)
+                with prepared.run(run_name=f"trial-{trial.number:03d} seed {seed}",
+                                  parent_run_id=trial_run.run_id,
+                                  tags={**tags, "objective_seed": seed},
+                                  ended_by={optuna.TrialPruned: PRUNED}) as run:
+                    if i == 0:
+                        trial.set_user_attr(RUN_ATTR, run.run_id)
+                    result = train(prepared, run, callbacks=[pruning, *self.callbacks])
+                    values.append(objective_value(result.history.get(spec.metric, []),
+                                                  spec.metric, spec.last_k))
+                    run.log_metrics({"objective": values[-1]}, step=result.epochs_evaluated[-1])
+                    run.set_tags({"optuna_state": "COMPLETE"})
+                histories.append(result.history.get(spec.metric, []))
+            value = aggregate(values, spec.aggregate, spec.direction)
+            trial_run.log_metrics({"objective": value, "objective_seed_spread":
+                                   max(values) - min(values)}, step=cfg.train.epochs)
+            trial_run.set_tags({"optuna_state": "COMPLETE",
+                                "objective_per_seed": ", ".join(f"{v:.6g}" for v in values)})
+        return value
+
     def trial_config(self, trial: optuna.Trial) -> tuple[Config, dict[str, Any]]:
         """The study's base config with the trial's sampled values, run as a worker runs it."""
         nested, sampled = sample(trial, self.defn.space, self.defn.base.to_dict())
@@ -96,6 +146,51 @@ def objective_value(history: list[float], metric: str, last_k: int) -> float:
     if not math.isfinite(value):
         raise ObjectiveError(f"objective {metric} is {value} (training diverged?)")
     return value
+
+
+def aggregate(values: list[float], how: str, direction: str) -> float:
+    """A trial's value from its seeds' values. ``min``: the worst seed (the lowest when
+    maximizing, the highest when minimizing); ``mean_minus_std``: the mean moved one sample
+    standard deviation towards worse."""
+    mean = sum(values) / len(values)
+    if how == "mean":
+        return mean
+    maximize = direction == "maximize"
+    if how == "min":
+        return min(values) if maximize else max(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean - std if maximize else mean + std
+
+
+def with_seed(cfg: Config, seed: int) -> Config:
+    data = cfg.to_dict()
+    data["train"]["seed"] = seed
+    return config_from_dict(data)
+
+
+class SeedsPruning(L.Callback):
+    """Optuna's pruning over a trial's seeds, trained one after another: after each evaluation of
+    seed i, the aggregate of that evaluation over seeds 0..i is reported at step
+    ``i * epochs + epoch`` (the epochs trained so far), and the pruner asked."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, earlier: list[list[float]], how: str,
+                 direction: str, *, step_offset: int) -> None:
+        self.trial, self.metric, self.earlier = trial, metric, earlier
+        self.how, self.direction, self.step_offset = how, direction, step_offset
+        self.evaluations = 0
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        current = getattr(pl_module, "last_eval", {}).get(self.metric)
+        if trainer.sanity_checking or current is None:
+            return
+        k = self.evaluations
+        self.evaluations += 1
+        values = [h[k] for h in self.earlier if len(h) > k] + [float(current)]
+        epoch = trainer.current_epoch + 1
+        self.trial.report(aggregate(values, self.how, self.direction),
+                          step=self.step_offset + epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} of seed {len(self.earlier)}")
 
 
 class ObjectiveError(RuntimeError):

@@ -14,14 +14,10 @@ from typing import Any
 
 import optuna
 
-from pipeline.config import (
-    PROJECT_ROOT,
-    Config,
-    ConfigError,
-    TrackingConfig,
-    _deep_merge,
+from pipeline.config import PROJECT_ROOT, Config, ConfigError, TrackingConfig, check_choice
+from pipeline.config_load import (
     build_dataclass,
-    check_choice,
+    deep_merge,
     load_config,
     parse_yaml,
     read_text_file,
@@ -43,6 +39,15 @@ class ObjectiveSpec:
     # One evaluation is noisy (grid25's high_quality swings 0.05-0.13 between epochs); the mean
     # of the last few ranks trials better.
     last_k: int = 3
+    # Each sampled configuration trained on this many seeds (train.seed, +1, ...), one MLflow
+    # run each under the trial's run; Optuna sees `aggregate` of their values, so a setting
+    # that wins on one lucky seed no longer wins.
+    seeds: int = 1
+    aggregate: str = "mean"  # mean, min (the worst seed for a maximized metric) or mean_minus_std
+
+
+AGGREGATES = ("mean", "min", "mean_minus_std")  # how a trial's seeds make one value
+MAX_SEEDS = 100
 
 
 @dataclass
@@ -154,7 +159,7 @@ def parse_study(text: str, *, default_name: str, source: str = "study",
         if not config_file.is_absolute():
             config_file = PROJECT_ROOT / config_file
         read_yaml(config_file)  # a clear error if it is missing
-    base_extra = _deep_merge(dict(spec.base), base_overrides or {})
+    base_extra = deep_merge(dict(spec.base), base_overrides or {})
     if spec.budget.epochs is not None:
         base_extra = {**base_extra, "train": {**base_extra.get("train", {}),
                                               "epochs": spec.budget.epochs}}
@@ -174,6 +179,10 @@ def parse_study(text: str, *, default_name: str, source: str = "study",
 
 def _check_spec(spec: StudySpec) -> None:
     check_choice("objective.direction", spec.objective.direction, DIRECTIONS)
+    check_choice("objective.aggregate", spec.objective.aggregate, AGGREGATES)
+    if not 1 <= spec.objective.seeds <= MAX_SEEDS:
+        raise ConfigError(f"objective.seeds: got {spec.objective.seeds!r}, expected 1 to "
+                          f"{MAX_SEEDS} seeds per trial")
     check_choice("sampler.name", spec.sampler.name, SAMPLERS)
     check_choice("pruner.name", spec.pruner.name, PRUNERS)
     for key, value in (("budget.n_trials", spec.budget.n_trials),

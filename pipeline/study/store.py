@@ -21,7 +21,8 @@ from typing import Any
 import optuna
 from optuna.storages.journal._storage import JournalOperation as _OP  # not exported
 
-from pipeline.config import ConfigError, cut, mask_secrets
+from pipeline.config_load import cut, mask_secrets
+from pipeline.errors import ConfigError
 from pipeline.study.spec import StudyDefinition, check_study_name, parse_study, study_changes
 
 DEFAULT_STORAGE = Path("runs") / "optuna.journal"
@@ -33,7 +34,8 @@ CREATED_ATTR = "created_at"  # when the study was created (seconds since the epo
 CHANGES_ATTR = "study_file_changes"  # edits accepted on resume with --allow-changes
 PARENT_ATTR = "mlflow_parent_run_id"  # study attribute: the study's MLflow parent run
 log = logging.getLogger(__name__)
-RUN_ATTR = "mlflow_run_id"  # trial attribute: the trial's MLflow run
+RUN_ATTR = "mlflow_run_id"  # trial attribute: the trial's MLflow run (its first seed's)
+TRIAL_RUN_ATTR = "mlflow_trial_run_id"  # with objective.seeds > 1: the run holding the seeds
 ERROR_ATTR = "error"  # trial attribute: why a failed trial failed
 OWNER_ATTR = "worker"  # trial attribute: host, pid and start time of the process running it
 # Optuna's heartbeat for database storages: a trial whose worker stopped beating for GRACE
@@ -290,7 +292,7 @@ def _file_lock(url: str) -> Iterator[None]:
 
 
 def mask_url(url: str) -> str:
-    """``mask_secrets`` for a URL (the one masking function, in pipeline.config)."""
+    """``mask_secrets`` for a URL (the one masking function, in pipeline.config_load)."""
     return str(mask_secrets(url))
 
 
