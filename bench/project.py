@@ -10,6 +10,7 @@ and MLflow's system-metrics thread too (~0.1 s a trial). Both clocks are ``time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -19,18 +20,22 @@ from typing import Any
 import lightning.pytorch as L
 import optuna
 
-from pipeline.config import Config, config_from_dict
+from pipeline.config import Config
+from pipeline.config_load import config_from_dict
 from pipeline.prepare import prepare
 from pipeline.study.objective import Objective
-from pipeline.study.spec import StudyDefinition, parse_study
+from pipeline.study.spec import ObjectiveSpec, StudyDefinition, parse_study
 from pipeline.study.store import RUN_ATTR, create_or_load
 from pipeline.tracking import get_client, start_run
 from pipeline.train import train
 
 
-def with_train(cfg: Config, **train: Any) -> Config:
+def with_train(cfg: Config, eval_every: int | None = None, **train: Any) -> Config:
+    """``cfg`` with these train.* values (and eval.every_n_epochs if given)."""
     data = cfg.to_dict()
     data["train"].update(train)
+    if eval_every is not None:
+        data["eval"]["every_n_epochs"] = eval_every
     return config_from_dict(data)
 
 
@@ -78,8 +83,10 @@ class Stopwatch(L.Callback):
 def project_train(cfg: Config, steps: int) -> float:
     """Seconds for ``steps`` GAN steps of the module in its Trainer, as a sweep runs it: one epoch
     of ``train`` into an MLflow run, its fit loop less the evaluation that ends it (Lightning's
-    one-off set-up is a trial's fixed cost: startup_seconds)."""
-    prepared = prepare(with_train(cfg, epochs=1, steps_per_epoch=steps), device="cpu")
+    one-off set-up is a trial's fixed cost: startup_seconds). An epoch of a study that evaluates
+    every few epochs (the table's) is evaluated too: a run must be, and the time is left out."""
+    prepared = prepare(with_train(cfg, eval_every=1, epochs=1, steps_per_epoch=steps),
+                       device="cpu")
     stopwatch = Stopwatch()
     with prepared.run(run_name="bench train") as run:
         train(prepared, run, callbacks=[stopwatch])
@@ -94,13 +101,16 @@ class TrialTiming:
     logging_outside_validation: float  # MLflow writes and pictures outside validation windows
 
 
-def trial_definition(cfg: Config, name: str) -> StudyDefinition:
+def trial_definition(cfg: Config, name: str,
+                     objective: ObjectiveSpec | None = None) -> StudyDefinition:
     """A study whose one trial is exactly ``cfg`` (a one-choice parameter samples nothing else),
-    pruned as the grid25 study prunes."""
+    pruned as the grid25 study prunes, its objective FID unless given (a table's study
+    maximizes its quality)."""
+    objective = objective or ObjectiveSpec("val/fid", "minimize")
     text = json.dumps({
         "base": cfg.to_dict(),
         "budget": {"n_trials": 1},
-        "objective": {"metric": "val/fid", "direction": "minimize"},
+        "objective": dataclasses.asdict(objective),
         "sampler": {"name": "random", "seed": 0},
         "pruner": {"name": "median", "n_startup_trials": 5},
         "search_space": {"train.seed": {"type": "categorical", "choices": [cfg.train.seed]}},
@@ -108,19 +118,21 @@ def trial_definition(cfg: Config, name: str) -> StudyDefinition:
     return parse_study(text, default_name=name)
 
 
-def project_trial(cfg: Config, tmp: Path, kind: str, timings: list[TrialTiming]) -> float:
+def project_trial(cfg: Config, tmp: Path, kind: str, timings: list[TrialTiming],
+                  objective: ObjectiveSpec | None = None) -> float:
     """Seconds of one real trial in a running worker (Optuna study, objective, training, MLflow,
     pruning); its TrialTiming is appended to ``timings``."""
     name = f"trial-{kind}-{len(timings)}"
-    defn = trial_definition(cfg, name)
+    defn = trial_definition(cfg, name, objective)
     study, _ = create_or_load(defn, str(tmp / f"{name}.journal"))
     uri = cfg.tracking.tracking_uri or ""
     client = get_client(uri)
     parent = start_run(client, "bench", run_name=f"bench {name}")
     stopwatch = Stopwatch()
-    objective = Objective(defn, parent, uri, threads=1, device="cpu", callbacks=(stopwatch,))
+    trial_objective = Objective(defn, parent, uri, threads=1, device="cpu",
+                                callbacks=(stopwatch,))
     start = time.perf_counter()
-    study.optimize(objective, n_trials=1)
+    study.optimize(trial_objective, n_trials=1)
     wall = time.perf_counter() - start
     trial = study.trials[-1]
     if trial.state != optuna.trial.TrialState.COMPLETE:

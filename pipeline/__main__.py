@@ -6,6 +6,10 @@ in MLflow (runs/mlflow.db unless MLFLOW_TRACKING_URI says otherwise), every stud
 storage (runs/optuna.journal unless --storage or OPTUNA_STORAGE says otherwise).
 """
 
+# The docstring above is the --help text. This file holds one job, the command line: per command
+# an add_* function (its parser) and a cmd_* function (which imports the module doing the work
+# only when run, so --help and a bad option answer at once); over 300 lines for 11 commands.
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +41,10 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
+# what main's add_* functions add their command to (argparse's own name is private)
+Commands = argparse._SubParsersAction
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -59,109 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=Parser)
+    for add in (add_train, add_sweep, add_evaluate, add_compare, add_export, add_reeval,
+                add_sample, add_tables, add_report, add_ui, add_dashboard):
+        add(commands)
+    return dispatch(parser.parse_args(argv))
 
-    p = commands.add_parser("train", help="train one configuration, tracked as one MLflow run")
-    p.add_argument("--config", help="YAML file merged over conf/defaults.yaml")
-    p.add_argument("--resume", metavar="RUN_ID",
-                   help="continue a killed training from its last checkpoint, in the same run")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, values in YAML: train.epochs=2 model.g_hidden=[64,64]")
-    p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser("sweep", help="run or resume an Optuna study (studies/<name>.yaml)")
-    p.add_argument("study_file", help="the study file, e.g. studies/grid25.yaml")
-    p.add_argument("--trials", type=positive_int,
-                   help="finished (complete or pruned) trials the study should hold "
-                        "(default: the file's budget.n_trials)")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="worker processes on this machine (at most the CPU count)")
-    p.add_argument("--storage", help="Optuna storage: a journal file or a database URL "
-                                     "(default $OPTUNA_STORAGE, else runs/optuna.journal)")
-    p.add_argument("--allow-changes", action="store_true",
-                   help="resume although the study file's objective, search space or base "
-                        "config changed since the study was created")
-    p.add_argument("--no-progress", action="store_true", help="no study progress line")
-    p.add_argument("--data", metavar="PATH",
-                   help="your table file or image folder for the study's data.path; the study "
-                        "is then named <study file>-<data file stem>")
-    p.set_defaults(func=cmd_sweep)
-
-    p = commands.add_parser("evaluate", help="score an (N, D) .npy of samples; prints JSON")
-    p.add_argument("--data", required=True, help="dataset name, e.g. grid25 or fashion_mnist")
-    p.add_argument("--samples", required=True, help=".npy file of samples in the data's scale")
-    p.add_argument("--root", help="folder of IDX files (fashion_mnist, mnist)")
-    p.add_argument("--metrics", help="comma-separated subset of metrics (default: all)")
-    p.set_defaults(func=cmd_evaluate)
-
-    p = commands.add_parser("compare", help="top trials of a study: a table and a figure")
-    p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
-    p.add_argument("--top", type=positive_int, default=5, help="how many trials (default 5)")
-    p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
-                   help="table (fits 120 columns), markdown, csv or json (all columns)")
-    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
-                                     "runs/optuna.journal)")
-    p.add_argument("--figure", help="where to write the figure (default runs/compare/NAME.png)")
-    p.set_defaults(func=cmd_compare)
-
-    p = commands.add_parser("export", help="register and export the best trial's generator")
-    p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
-    p.add_argument("--out", help="folder (default exports/<study>/): new, empty or an earlier "
-                                 "export of the same run")
-    p.add_argument("--force", action="store_true",
-                   help="write into a non-empty --out folder (or through a link) anyway")
-    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
-                                     "runs/optuna.journal)")
-    p.set_defaults(func=cmd_export)
-
-    p = commands.add_parser("reeval", help="retrain a study's best configuration on fresh "
-                                           "seeds; mean and standard error of every metric")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--study", help="the study whose best trial to retrain")
-    source.add_argument("--config", help="a config file to retrain instead (e.g. a baseline)")
-    p.add_argument("--seeds", type=positive_int, default=5, help="fresh seeds (default 5)")
-    p.add_argument("--epochs", type=positive_int, help="epochs per seed (default: the trial's)")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="seeds trained at once (at most the CPU count)")
-    p.add_argument("--out", help="results file (default results/<name>.json)")
-    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
-                                     "runs/optuna.journal)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides applied to every seed")
-    p.set_defaults(func=cmd_reeval)
-
-    p = commands.add_parser("sample", help="draw samples from an export folder")
-    p.add_argument("export_dir", help="a folder written by export")
-    p.add_argument("-n", type=positive_int, default=1000, help="number of samples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default 0)")
-    p.add_argument("--out", required=True, help="where to write them: .npy, .csv or .png")
-    p.set_defaults(func=cmd_sample)
-
-    p = commands.add_parser("tables", help="write a table that an installed package ships "
-                                           "(offline), to try the table studies on")
-    p.add_argument("name", help="penguins, fair, seattle_weather or breast_cancer")
-    p.add_argument("--out", help="file to write: .csv, .tsv or .parquet (default "
-                                 "runs/data/NAME.csv)")
-    p.set_defaults(func=cmd_tables)
-
-    p = commands.add_parser("report", help="rewrite the README's results tables from "
-                                           "results/*.json")
-    p.add_argument("--readme", default="README.md", help="the file to rewrite (README.md)")
-    p.add_argument("--results", default="results", help="the results folder (results/)")
-    p.set_defaults(func=cmd_report)
-
-    p = commands.add_parser("ui", help="MLflow UI on the project's store, bound to 127.0.0.1")
-    p.add_argument("--port", type=port, default=5000, help="port (default 5000)")
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="server worker processes (default 1)")
-    p.set_defaults(func=cmd_ui)
-
-    p = commands.add_parser("dashboard", help="optuna-dashboard on the study storage (127.0.0.1)")
-    p.add_argument("--port", type=port, default=8080, help="port (default 8080)")
-    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
-                                     "runs/optuna.journal)")
-    p.set_defaults(func=cmd_dashboard)
-
-    args = parser.parse_args(argv)
+def dispatch(args: argparse.Namespace) -> int:
+    """The command's exit code: 2 for a bad input (one line on stderr), 1 for a failed sweep,
+    128 + the signal's number when stopped."""
     quiet_libraries()
     # MLflow draws progress bars for artifact downloads; a command's output is its own.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -184,8 +98,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + (signal.SIGINT if what in ("Ctrl-C", "SIGINT") else signal.SIGTERM)
 
 
+def add_storage(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", help="Optuna storage (default $OPTUNA_STORAGE, else "
+                                     "runs/optuna.journal)")
+
+
+def add_train(commands: Commands) -> None:
+    p = commands.add_parser("train", help="train one configuration, tracked as one MLflow run")
+    p.add_argument("--config", help="YAML file merged over conf/defaults.yaml")
+    p.add_argument("--resume", metavar="RUN_ID",
+                   help="continue a killed training from its last checkpoint, in the same run")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, values in YAML: train.epochs=2 model.g_hidden=[64,64]")
+    p.set_defaults(func=cmd_train)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
+    from pipeline.config_load import load_config
 
     if args.resume is not None:
         if args.config or args.overrides:
@@ -209,6 +138,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"MLflow run: {result.run_id}")
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
+
+
+def add_sweep(commands: Commands) -> None:
+    p = commands.add_parser("sweep", help="run or resume an Optuna study (studies/<name>.yaml)")
+    p.add_argument("study_file", help="the study file, e.g. studies/grid25.yaml")
+    p.add_argument("--trials", type=positive_int,
+                   help="finished (complete or pruned) trials the study should hold "
+                        "(default: the file's budget.n_trials)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes on this machine (at most the CPU count)")
+    p.add_argument("--storage", help="Optuna storage: a journal file or a database URL "
+                                     "(default $OPTUNA_STORAGE, else runs/optuna.journal)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="resume although the study file's objective, search space or base "
+                        "config changed since the study was created")
+    p.add_argument("--no-progress", action="store_true", help="no study progress line")
+    p.add_argument("--data", metavar="PATH",
+                   help="your table file or image folder for the study's data.path; the study "
+                        "is then named <study file>-<data file stem>")
+    p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -253,6 +202,17 @@ def capped_workers(requested: int, accelerator: str) -> int:
     return requested
 
 
+def add_compare(commands: Commands) -> None:
+    p = commands.add_parser("compare", help="top trials of a study: a table and a figure")
+    p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
+    p.add_argument("--top", type=positive_int, default=5, help="how many trials (default 5)")
+    p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
+                   help="table (fits 120 columns), markdown, csv or json (all columns)")
+    add_storage(p)
+    p.add_argument("--figure", help="where to write the figure (default runs/compare/NAME.png)")
+    p.set_defaults(func=cmd_compare)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.compare import compare
 
@@ -263,6 +223,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export(commands: Commands) -> None:
+    p = commands.add_parser("export", help="register and export the best trial's generator")
+    p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
+    p.add_argument("--out", help="folder (default exports/<study>/): new, empty or an earlier "
+                                 "export of the same run")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out folder (or through a link) anyway")
+    add_storage(p)
+    p.set_defaults(func=cmd_export)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from pipeline.export import export_best
 
@@ -270,6 +241,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported to {out}; registered as models:/{args.study}-generator@champion "
           f"(version {version})")
     return 0
+
+
+def add_reeval(commands: Commands) -> None:
+    p = commands.add_parser("reeval", help="retrain a study's best configuration on fresh "
+                                           "seeds; mean and standard error of every metric")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--study", help="the study whose best trial to retrain")
+    source.add_argument("--config", help="a config file to retrain instead (e.g. a baseline)")
+    p.add_argument("--seeds", type=positive_int, default=5, help="fresh seeds (default 5)")
+    p.add_argument("--epochs", type=positive_int, help="epochs per seed (default: the trial's)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="seeds trained at once (at most the CPU count)")
+    p.add_argument("--out", help="results file (default results/<name>.json)")
+    add_storage(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides applied to every seed")
+    p.set_defaults(func=cmd_reeval)
 
 
 def cmd_reeval(args: argparse.Namespace) -> int:
@@ -283,12 +271,30 @@ def cmd_reeval(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sample(commands: Commands) -> None:
+    p = commands.add_parser("sample", help="draw samples from an export folder")
+    p.add_argument("export_dir", help="a folder written by export")
+    p.add_argument("-n", type=positive_int, default=1000, help="number of samples (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default 0)")
+    p.add_argument("--out", required=True, help="where to write them: .npy, .csv or .png")
+    p.set_defaults(func=cmd_sample)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from pipeline.export import sample_export, write_samples
 
     samples, config = sample_export(args.export_dir, args.n, args.seed)
     print(write_samples(samples, config, args.out))
     return 0
+
+
+def add_tables(commands: Commands) -> None:
+    p = commands.add_parser("tables", help="write a table that an installed package ships "
+                                           "(offline), to try the table studies on")
+    p.add_argument("name", help="penguins, fair, seattle_weather or breast_cancer")
+    p.add_argument("--out", help="file to write: .csv, .tsv or .parquet (default "
+                                 "runs/data/NAME.csv)")
+    p.set_defaults(func=cmd_tables)
 
 
 def cmd_tables(args: argparse.Namespace) -> int:
@@ -298,12 +304,28 @@ def cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report(commands: Commands) -> None:
+    p = commands.add_parser("report", help="rewrite the README's results tables from "
+                                           "results/*.json")
+    p.add_argument("--readme", default="README.md", help="the file to rewrite (README.md)")
+    p.add_argument("--results", default="results", help="the results folder (results/)")
+    p.set_defaults(func=cmd_report)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipeline.report import write_report
 
     for name in write_report(args.readme, args.results):
         print(f"{args.readme}: table {name} rewritten", file=sys.stderr)
     return 0
+
+
+def add_ui(commands: Commands) -> None:
+    p = commands.add_parser("ui", help="MLflow UI on the project's store, bound to 127.0.0.1")
+    p.add_argument("--port", type=port, default=5000, help="port (default 5000)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="server worker processes (default 1)")
+    p.set_defaults(func=cmd_ui)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -350,6 +372,13 @@ def serve(cmd: list[str], env: dict[str, str]) -> int:
         return 0
 
 
+def add_dashboard(commands: Commands) -> None:
+    p = commands.add_parser("dashboard", help="optuna-dashboard on the study storage (127.0.0.1)")
+    p.add_argument("--port", type=port, default=8080, help="port (default 8080)")
+    add_storage(p)
+    p.set_defaults(func=cmd_dashboard)
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
@@ -369,6 +398,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("server stopped", file=sys.stderr)
     return 0
+
+
+def add_evaluate(commands: Commands) -> None:
+    p = commands.add_parser("evaluate", help="score an (N, D) .npy of samples; prints JSON")
+    p.add_argument("--data", required=True, help="dataset name, e.g. grid25 or fashion_mnist")
+    p.add_argument("--samples", required=True, help=".npy file of samples in the data's scale")
+    p.add_argument("--root", help="folder of IDX files (fashion_mnist, mnist)")
+    p.add_argument("--metrics", help="comma-separated subset of metrics (default: all)")
+    p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -22,7 +22,8 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
-from pipeline.config import Config, ConfigError, config_from_dict, shown
+from pipeline.config import Config, ConfigError
+from pipeline.config_load import config_from_dict, shown
 
 CHECKPOINT_DIR = Path("runs") / "checkpoints"
 _RUN_ID = re.compile(r"[0-9a-f]{32}")  # MLflow's run ids: uuid4().hex

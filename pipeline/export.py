@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import ConfigError, cut, mask_secrets
+from pipeline.config_load import cut, mask_secrets
+from pipeline.errors import ConfigError
 from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE
 from pipeline.networks import Generator

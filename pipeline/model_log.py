@@ -37,7 +37,7 @@ def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset
     """The evaluated generator (the EMA one when enabled) as ``generator/`` and ``model/``."""
     import mlflow.pytorch
 
-    generator = module.sampler
+    generator = module.evaluated_generator
     was_training = generator.training
     generator.eval()
     with tempfile.TemporaryDirectory() as tmp:

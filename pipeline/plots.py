@@ -86,6 +86,7 @@ def table_figure(synthetic: pd.DataFrame, real: pd.DataFrame | None, categorical
     """One panel per column (the first 12): numeric columns as histograms of held-out and
     synthetic rows on shared bins, categorical ones as side-by-side category frequencies.
     Without real rows (an export), the synthetic rows alone."""
+    labels: tuple[str, str | None]
     if real is None:
         real = synthetic
         labels = ("synthetic", None)

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import Config, ConfigError, config_from_dict, load_config
+from pipeline.config import Config, ConfigError
+from pipeline.config_load import config_from_dict, load_config, parse_overrides
 from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, best_trial, find_study
 from pipeline.tracking import (
@@ -51,7 +52,7 @@ def reevaluate(*, study: str | None = None, config: str | None = None, seeds: in
     if (study is None) == (config is None):
         raise ConfigError("reeval: give either --study or --config")
     if study is not None:
-        cfg, name, parent, used = study_config(study, storage)
+        cfg, name, parent, used = best_trial_config(study, storage)
     else:
         assert config is not None
         cfg = load_config(config)
@@ -97,7 +98,8 @@ def reevaluate(*, study: str | None = None, config: str | None = None, seeds: in
     return report, path
 
 
-def study_config(study: str, storage: str | None) -> tuple[Config, str, str | None, set[int]]:
+def best_trial_config(study: str, storage: str | None
+                      ) -> tuple[Config, str, str | None, set[int]]:
     """The best trial's exact config (logged with its run), the parent run, the seeds used."""
     optuna_study, defn = find_study(study, storage)
     best = best_trial(optuna_study)
@@ -126,8 +128,6 @@ def with_overrides(cfg: Config, overrides: list[str], epochs: int | None) -> Con
     extra = [f"train.epochs={epochs}"] if epochs else []
     if not overrides and not extra:
         return cfg
-    from pipeline.config import parse_overrides
-
     data = cfg.to_dict()
     for section, values in parse_overrides([*overrides, *extra]).items():
         if not isinstance(values, dict) or section not in data:

@@ -26,7 +26,8 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from pipeline import __version__
-from pipeline.config import ConfigError, check_tracking_uri, cut, mask_secrets
+from pipeline.config import ConfigError, check_tracking_uri
+from pipeline.config_load import cut, mask_secrets
 
 if TYPE_CHECKING:
     import numpy as np

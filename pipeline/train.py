@@ -66,7 +66,7 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
     run_trainer(trainer, module, prep,
                 ckpt_path=str(checkpoint_path(run.run_id)) if resume else None)
     # the fit loop of this process: a resumed run counts the part after its resume
-    cost = costs(module.sampler, module.discriminator, time.perf_counter() - start)
+    cost = costs(module.evaluated_generator, module.discriminator, time.perf_counter() - start)
     run.log_metrics(cost, step=cfg.train.epochs)
 
     epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, load_config
+from pipeline.config import Config
+from pipeline.config_load import load_config
 
 TINY = [
     "data.name=grid25",

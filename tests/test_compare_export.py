@@ -21,7 +21,8 @@ from slow_helpers import SMOKE
 
 from pipeline.__main__ import main
 from pipeline.compare import DisagreementError, compare, format_rows
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError
+from pipeline.config_load import load_config
 from pipeline.export import ExportError, export_best, load_export
 from pipeline.networks import Generator
 from pipeline.study.spec import load_study_file

@@ -20,6 +20,7 @@ FLOORS: list[list[str]] = [
     ["pipeline.model_log"],
     ["pipeline.prepare", "pipeline.callbacks"],
     ["pipeline.module", "pipeline.tracking", "pipeline.checkpoint", "pipeline.costs"],
+    ["pipeline.config_load"],  # YAML and key=value -> a Config; how a value is shown
     ["pipeline.config"],
     # the registries (what config validates against) and leaf utilities
     ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.metrics",

@@ -65,18 +65,19 @@ def test_learning_rates_decay_linearly_to_zero(tiny_config) -> None:
 
 def test_ema_generator_is_the_one_evaluated(tiny_config) -> None:
     plain = train(tiny_config("train.epochs=2"), chunk=4)
-    assert plain.sampler is plain.generator and plain.g_ema is None
+    assert plain.evaluated_generator is plain.generator and plain.g_ema is None
     # A decay near 0 follows G exactly; 0.99 over 12 steps stays near the early weights.
     follows = train(tiny_config("train.epochs=2", "train.ema_decay=1e-12"), chunk=4)
-    assert follows.sampler is not follows.generator
-    for a, b in zip(follows.sampler.parameters(), follows.generator.parameters(), strict=True):
+    assert follows.evaluated_generator is not follows.generator
+    for a, b in zip(follows.evaluated_generator.parameters(), follows.generator.parameters(),
+                    strict=True):
         torch.testing.assert_close(a, b)
     lags = train(tiny_config("train.epochs=2", "train.ema_decay=0.99"), chunk=4)
     gap = max(float((a - b).detach().abs().max()) for a, b in zip(
-        lags.sampler.parameters(), lags.generator.parameters(), strict=True))
+        lags.evaluated_generator.parameters(), lags.generator.parameters(), strict=True))
     assert gap > 1e-4
     z = lags.fixed_z[:8]
-    torch.testing.assert_close(lags(z), lags.sampler(z))
+    torch.testing.assert_close(lags(z), lags.evaluated_generator(z))
 
 
 def test_ema_updates_as_torch_averaged_model_does(tiny_config) -> None:
@@ -103,7 +104,7 @@ def test_ema_updates_as_torch_averaged_model_does(tiny_config) -> None:
             if a.is_floating_point():
                 torch.testing.assert_close(a, b)
         assert module.g_ema.n_averaged == reference.n_averaged == step
-    counters = [b for b in module.sampler.buffers() if not b.is_floating_point()]
+    counters = [b for b in module.evaluated_generator.buffers() if not b.is_floating_point()]
     assert counters and all(torch.equal(c, torch.tensor(4)) for c in counters)
 
 

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from slow_helpers import SMOKE
 
 from pipeline.__main__ import main
-from pipeline.config import load_config
+from pipeline.config_load import load_config
 from pipeline.reeval import FIRST_SEED, stderr
 from pipeline.study.spec import load_study_file
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, open_storage

@@ -3,18 +3,21 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 import torch
 from fit_helper import fit
 from torch import nn
 
 from pipeline import losses
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError
+from pipeline.config_load import config_from_dict, load_config
 from pipeline.data import DATASETS, Mixture
 from pipeline.metrics import registry
 from pipeline.networks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, Activation
 from pipeline.prepare import cached_dataset
 from pipeline.readers.mixtures import ring_centres
+from pipeline.study.space import sample
 from pipeline.study.spec import parse_study
 
 CHOICES = [
@@ -75,11 +78,21 @@ def test_new_entries_need_only_their_registry(tiny_config, monkeypatch: pytest.M
     centres = ring_centres(16)
     assert mixture_mode_metrics(centres, centres, 0.01)["modes_covered"] == 16
 
-    study = parse_study("""
+    # A study searches the new names: a trial that draws them gets a config that uses them,
+    # while a name no registry holds is refused when the study is read.
+    study_text = """
 base: {data: {name: ring16}, eval: {metrics: [spread]}}
 objective: {metric: val/spread, direction: minimize}
 search_space:
-  model.activation: {type: categorical, choices: [softplus, relu]}
+  model.activation: {type: categorical, choices: [softplus, %s]}
   train.loss: {type: categorical, choices: [sq-hinge, hinge]}
-""", default_name="extended")
-    assert study.base.data.name == "ring16"
+"""
+    study = parse_study(study_text % "relu", default_name="extended")
+    trial = optuna.trial.FixedTrial({"model.activation": "softplus", "train.loss": "sq-hinge"})
+    nested, params = sample(trial, study.space, study.base.to_dict())
+    drawn = config_from_dict(nested)
+    assert (drawn.data.name, drawn.model.activation, drawn.train.loss) == (
+        "ring16", "softplus", "sq-hinge")
+    assert params == {"model.activation": "softplus", "train.loss": "sq-hinge"}
+    with pytest.raises(ConfigError, match=r"search_space\.model\.activation: value 'swish'"):
+        parse_study(study_text % "swish", default_name="extended")

@@ -24,11 +24,9 @@ from pipeline.checkpoint import (
     checkpoint_path,
     resume_config,
 )
-from pipeline.config import (
+from pipeline.config import PROJECT_ROOT, Config, ConfigError
+from pipeline.config_load import (
     MAX_YAML_BYTES,
-    PROJECT_ROOT,
-    Config,
-    ConfigError,
     load_config,
     mask_secrets,
     parse_overrides,

@@ -22,7 +22,8 @@ from typing import Any
 
 import optuna
 
-from pipeline.config import ConfigError, build_dataclass, coerce, config_from_dict
+from pipeline.config_load import build_dataclass, coerce, config_from_dict
+from pipeline.errors import ConfigError
 from pipeline.losses import LOSSES
 from pipeline.networks import ACTIVATIONS
 
@@ -73,7 +74,7 @@ def parse_space(raw: Any, base: Mapping[str, Any]) -> dict[str, ParamSpec]:
             raise ConfigError(f"{where}: unknown key (expected a config key such as train.g_lr, "
                               f"or one of {', '.join([*LAYER_KEYS, *WIDTH_KEYS, *BETA_KEYS])})")
         spec = build_dataclass(ParamSpec, spec_raw, prefix=f"{where}.")
-        _check_spec(where, spec)
+        _check_param(where, spec)
         for cond_key in (spec.when or {}):
             if cond_key not in known:
                 raise ConfigError(f"{where}.when: unknown key {cond_key!r}")
@@ -91,7 +92,7 @@ def parse_space(raw: Any, base: Mapping[str, Any]) -> dict[str, ParamSpec]:
     return space
 
 
-def _check_spec(where: str, spec: ParamSpec) -> None:
+def _check_param(where: str, spec: ParamSpec) -> None:
     if spec.type not in TYPES:
         raise ConfigError(f"{where}.type: got {spec.type!r}, expected one of {', '.join(TYPES)}")
     if spec.type == "categorical":
@@ -124,7 +125,7 @@ def _extremes(spec: ParamSpec) -> list[Any]:
     return [spec.low, spec.high]
 
 
-def suggest(trial: optuna.Trial, key: str, spec: ParamSpec) -> Any:
+def suggest(trial: optuna.trial.BaseTrial, key: str, spec: ParamSpec) -> Any:
     if spec.type == "categorical":
         return trial.suggest_categorical(key, spec.choices or [])
     assert spec.low is not None and spec.high is not None
@@ -135,7 +136,7 @@ def suggest(trial: optuna.Trial, key: str, spec: ParamSpec) -> Any:
 
 
 def sample(
-    trial: optuna.Trial, space: Mapping[str, ParamSpec], base: Mapping[str, Any]
+    trial: optuna.trial.BaseTrial, space: Mapping[str, ParamSpec], base: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Suggest every applicable parameter; returns (nested config dict, sampled params)."""
     sampled: dict[str, Any] = {}
