@@ -34,6 +34,7 @@ from pipeline.reeval import mean, stderr
 # Two short CTGAN fits size a budget run: a fit costs a fixed part (its transformer fits a
 # Bayesian mixture per numeric column: seconds) plus a constant cost per epoch.
 TIMING_EPOCHS = (5, 25)
+MAX_BUDGET_EPOCHS = 3000
 
 
 def ctgan_seed(config: dict[str, Any], seed: int, epochs: int) -> dict[str, Any]:
@@ -61,9 +62,11 @@ def budget_epochs(config: dict[str, Any], seed: int, seconds: float) -> int:
     short, long = TIMING_EPOCHS
     t_short = float(ctgan_seed(config, seed, short)["seconds"])
     t_long = float(ctgan_seed(config, seed, long)["seconds"])
-    per_epoch = max((t_long - t_short) / (long - short), 1e-6)
+    # timing noise can make the difference tiny: an epoch costs at least a tenth of the long
+    # fit's average, and a budget run at most 10x CTGAN's default epochs
+    per_epoch = max((t_long - t_short) / (long - short), t_long / long / 10)
     fixed = max(t_short - short * per_epoch, 0.0)
-    return max(1, int((seconds - fixed) / per_epoch))
+    return max(1, min(MAX_BUDGET_EPOCHS, int((seconds - fixed) / per_epoch)))
 
 
 def main(argv: list[str] | None = None) -> int:
