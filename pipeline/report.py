@@ -32,7 +32,8 @@ def table_blocks(results: Path) -> dict[str, list[tuple[str, Path]]]:
         table = winner.stem.removeprefix("table-")
         rows = [("this project's winner (`reeval`)", winner),
                 ("CTGAN, defaults (300 epochs)", results / f"ctgan-{table}.json"),
-                ("CTGAN, the winner's wall time", results / f"ctgan-budget-{table}.json")]
+                ("CTGAN, epochs sized to the winner's wall time (timed from two short fits)",
+                 results / f"ctgan-budget-{table}.json")]
         blocks[f"table-{table}"] = [(title, path) for title, path in rows if path.exists()]
     return blocks
 

@@ -37,7 +37,7 @@ def test_a_table_block_is_rewritten_from_its_files(tmp_path: Path) -> None:
     assert "0.820 ± 0.010 (worst 0.800)" in rows[1] and "| 20 |" in rows[1]  # 40 s / 2 seeds
     assert rows[2].startswith("| CTGAN, defaults") and "0.710 ± 0.010 (worst 0.700)" in rows[2]
     assert rows[3].startswith("| real rows") and "0.850" in rows[3]
-    assert "CTGAN, the winner's wall time" not in text  # no such file: no row
+    assert "CTGAN, epochs sized" not in text  # no such file: no row
 
 
 def test_a_missing_block_is_one_clear_error(tmp_path: Path) -> None:
