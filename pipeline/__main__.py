@@ -8,7 +8,7 @@ storage (runs/optuna.journal unless --storage or OPTUNA_STORAGE says otherwise).
 
 # The docstring above is the --help text. This file holds one job, the command line: per command
 # an add_* function (its parser) and a cmd_* function (which imports the module doing the work
-# only when run, so --help and a bad option answer at once); over 300 lines for 11 commands.
+# only when run, so --help and a bad option answer at once); over 400 lines for 12 commands.
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ EXAMPLES = """examples:
   python -m pipeline sweep studies/grid25.yaml --workers 2
   python -m pipeline compare --study grid25 --top 5 --format markdown
   python -m pipeline export --study grid25
-  python -m pipeline reeval --study grid25 --seeds 5
+  python -m pipeline export --study grid25_size --pick "smallest cost/g_params with \
+      val/pacgan_score >= 0.9"
+  python -m pipeline reeval --study grid25 --seeds 10
   python -m pipeline ui
 """
 
@@ -45,11 +47,18 @@ class Parser(argparse.ArgumentParser):
 Commands = argparse._SubParsersAction
 
 
-def positive_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
     return value
@@ -68,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=Parser)
     for add in (add_train, add_sweep, add_evaluate, add_compare, add_export, add_reeval,
-                add_sample, add_tables, add_report, add_ui, add_dashboard):
+                add_sample, add_tables, add_report, add_ui, add_dashboard, add_relocate):
         add(commands)
     return dispatch(parser.parse_args(argv))
 
@@ -204,7 +213,9 @@ def capped_workers(requested: int, accelerator: str) -> int:
 
 def add_compare(commands: Commands) -> None:
     p = commands.add_parser("compare", help="top trials of a study: a table and a figure")
-    p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
+    p.add_argument("--study", required=True, action="append",
+                   help="the study's name (a studies/*.yaml stem); twice or more to compare "
+                        "studies side by side")
     p.add_argument("--top", type=positive_int, default=5, help="how many trials (default 5)")
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table",
                    help="table (fits 120 columns), markdown, csv or json (all columns)")
@@ -214,12 +225,21 @@ def add_compare(commands: Commands) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.compare import compare
+    from pipeline.compare import compare, compare_studies
 
-    text, figure = compare(args.study, top=args.top, fmt=args.format, storage=args.storage,
-                           figure_path=args.figure)
+    if len(args.study) > 1:
+        if args.figure:
+            raise ConfigError("--figure: one study's figure; with several studies each goes "
+                              "to runs/compare/<study>.png")
+        text, figures = compare_studies(args.study, top=args.top, fmt=args.format,
+                                        storage=args.storage)
+    else:
+        text, figure = compare(args.study[0], top=args.top, fmt=args.format,
+                               storage=args.storage, figure_path=args.figure)
+        figures = [figure]
     print(text)
-    print(f"figure: {figure} (also logged to the study's MLflow run)", file=sys.stderr)
+    for figure in figures:
+        print(f"figure: {figure} (also logged to the study's MLflow run)", file=sys.stderr)
     return 0
 
 
@@ -230,14 +250,25 @@ def add_export(commands: Commands) -> None:
                                  "export of the same run")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty --out folder (or through a link) anyway")
+    add_choice(p)
     add_storage(p)
     p.set_defaults(func=cmd_export)
+
+
+def add_choice(p: argparse.ArgumentParser) -> None:
+    """Which trial: the best by default; a multi-objective study has none and needs one."""
+    p.add_argument("--trial", type=non_negative_int, help="a trial by number (any study)")
+    p.add_argument("--pick", metavar="RULE",
+                   help="a trial by rule: 'smallest|largest METRIC [with METRIC >= NUMBER "
+                        "[and ...]]', e.g. 'smallest cost/g_params with val/pacgan_score >= "
+                        "0.95'")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pipeline.export import export_best
 
-    out, version = export_best(args.study, args.out, storage=args.storage, force=args.force)
+    out, version = export_best(args.study, args.out, storage=args.storage, force=args.force,
+                               trial=args.trial, pick=args.pick)
     print(f"exported to {out}; registered as models:/{args.study}-generator@champion "
           f"(version {version})")
     return 0
@@ -254,6 +285,7 @@ def add_reeval(commands: Commands) -> None:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="seeds trained at once (at most the CPU count)")
     p.add_argument("--out", help="results file (default results/<name>.json)")
+    add_choice(p)
     add_storage(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides applied to every seed")
@@ -265,7 +297,8 @@ def cmd_reeval(args: argparse.Namespace) -> int:
 
     report, path = reevaluate(study=args.study, config=args.config, seeds=args.seeds,
                               epochs=args.epochs, workers=args.workers, out=args.out,
-                              storage=args.storage, overrides=args.overrides)
+                              storage=args.storage, overrides=args.overrides,
+                              trial=args.trial, pick=args.pick)
     print(summary_table(report))
     print(f"results: {path}", file=sys.stderr)
     return 0
@@ -325,13 +358,20 @@ def add_ui(commands: Commands) -> None:
     p.add_argument("--port", type=port, default=5000, help="port (default 5000)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="server worker processes (default 1)")
+    p.add_argument("--store", metavar="URI_OR_PATH",
+                   help="the MLflow store: a runs/ folder, an mlflow.db file or a URI (default "
+                        "$MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     p.set_defaults(func=cmd_ui)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    from pipeline.relocate import moved_warning
     from pipeline.tracking import artifact_location, mask_secrets, tracking_uri
 
-    uri = tracking_uri()
+    uri = tracking_uri() if args.store is None else ui_store(args.store)
+    warning = moved_warning(uri)
+    if warning:
+        print(warning, file=sys.stderr)
     # The store URI goes in the environment, not on a command line that `ps` shows.
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
     artifacts = artifact_location(uri)
@@ -340,9 +380,24 @@ def cmd_ui(args: argparse.Namespace) -> int:
     # one worker starts in ~20 s on 2 cores; the default 4 take ~40 s for one user
     cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port",
            str(args.port), "--workers", str(args.workers)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {mask_secrets(uri)})",
-          file=sys.stderr)
+    # MLflow 3 opens in its GenAI mode; this address switches it to training runs
+    print(f"MLflow UI on http://127.0.0.1:{args.port}/#/?workflowType=machine_learning "
+          f"(store {mask_secrets(uri)})", file=sys.stderr)
     return serve(cmd, env)
+
+
+def ui_store(text: str) -> str:
+    """A store the UI can open (a database or a folder, not a server), checked before the
+    server starts: a missing one is one line, and no empty store is created in its place."""
+    from pipeline.relocate import store_uri
+    from pipeline.tracking import open_store_for_reading
+
+    uri = store_uri(text)
+    if uri.startswith(("http://", "https://", "databricks")):
+        raise ConfigError(f"--store {text}: a tracking server has its own UI; open it in a "
+                          f"browser (the UI here reads a database or a folder)")
+    open_store_for_reading(uri)
+    return uri
 
 
 def serve(cmd: list[str], env: dict[str, str]) -> int:
@@ -400,12 +455,41 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_relocate(commands: Commands) -> None:
+    p = commands.add_parser("relocate", help="after copying or moving a runs/ folder: point "
+                                             "its runs' artifact locations at the new folder")
+    p.add_argument("--store", default="runs",
+                   help="the copied or moved store: a folder with mlflow.db, the mlflow.db "
+                        "file or a sqlite:/// URI (default runs)")
+    p.add_argument("--from", dest="source", metavar="OLD_FOLDER",
+                   help="the artifacts folder the locations point at now (default: the one "
+                        "the experiments record)")
+    p.add_argument("--apply", action="store_true",
+                   help="rewrite them (default: a dry run that prints what would change)")
+    p.set_defaults(func=cmd_relocate)
+
+
+def cmd_relocate(args: argparse.Namespace) -> int:
+    from pipeline.relocate import relocate, report_lines
+
+    result = relocate(args.store, source=args.source, apply=args.apply)
+    print("\n".join(report_lines(result, applied=args.apply)))
+    return 0
+
+
 def add_evaluate(commands: Commands) -> None:
-    p = commands.add_parser("evaluate", help="score an (N, D) .npy of samples; prints JSON")
-    p.add_argument("--data", required=True, help="dataset name, e.g. grid25 or fashion_mnist")
-    p.add_argument("--samples", required=True, help=".npy file of samples in the data's scale")
+    p = commands.add_parser("evaluate", help="score samples from any model (.npy or .csv); "
+                                             "prints one JSON line")
+    p.add_argument("--data", required=True,
+                   help="dataset name, e.g. grid25, fashion_mnist, or table / images with --path")
+    p.add_argument("--samples", required=True,
+                   help="(N, D) samples in the data's scale: .npy, or .csv as `sample` writes "
+                        "it; a table's decoded rows also .tsv or .parquet")
     p.add_argument("--root", help="folder of IDX files (fashion_mnist, mnist)")
+    p.add_argument("--path", help="data.path: the real table file or image folder")
     p.add_argument("--metrics", help="comma-separated subset of metrics (default: all)")
+    p.add_argument("overrides", nargs="*", metavar="data.key=value",
+                   help="the data settings training used, e.g. data.label=species")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -413,7 +497,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pipeline.evaluate import evaluate_file
 
     metrics = args.metrics.split(",") if args.metrics else None
-    print(json.dumps(evaluate_file(args.data, args.samples, root=args.root, metrics=metrics)))
+    print(json.dumps(evaluate_file(args.data, args.samples, root=args.root, path=args.path,
+                                   overrides=args.overrides, metrics=metrics)))
     return 0
 
 

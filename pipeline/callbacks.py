@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as L
+import matplotlib.pyplot as plt
 from mlflow.entities import Metric
 
 from pipeline import interrupt
@@ -38,13 +39,17 @@ class StopOnRequest(L.Callback):
 class MlflowMetrics(L.Callback):
     """Training losses averaged every N steps (``train/...``); evaluations at ``step=epoch``."""
 
-    def __init__(self, run: RunLogger, dataset: Dataset, *, sample_every_n_epochs: int) -> None:
+    def __init__(self, run: RunLogger, dataset: Dataset, *, sample_every_n_epochs: int,
+                 model_id: str | None = None) -> None:
+        """``model_id``: the run's logged model, which every evaluation's metrics link to."""
         self.run = run
+        self.model_id = model_id
         self.dataset = dataset
         self.sample_every = sample_every_n_epochs
         self._buffer: list[Metric] = []
         self.history: dict[str, list[float]] = {}
         self.epochs_evaluated: list[int] = []
+        self.pictured: set[int] = set()  # the steps of the "samples" slider already logged
 
     def state_dict(self) -> dict[str, Any]:
         """In a checkpoint: what a resumed run needs to return the same history."""
@@ -81,13 +86,27 @@ class MlflowMetrics(L.Callback):
             return
         epoch = trainer.current_epoch + 1
         now = now_ms()
-        self._buffer += [Metric(k, v, now, epoch) for k, v in pl_module.last_eval.items()]
+        self._buffer += [Metric(k, v, now, epoch, model_id=self.model_id)
+                         for k, v in pl_module.last_eval.items()]
         self.flush()  # before a pruning callback (after this one) can stop the run
         for key, value in pl_module.last_eval.items():
             self.history.setdefault(key, []).append(value)
         self.epochs_evaluated.append(epoch)
         if epoch % self.sample_every == 0:
             self.log_picture(pl_module, f"epoch {epoch}", step=epoch)
+
+    def log_final(self, metrics: dict[str, float], step: int) -> None:
+        """Metrics known after training (the costs), linked to the model like the others."""
+        now = now_ms()
+        self.run.log_metric_points([Metric(k, float(v), now, step, model_id=self.model_id)
+                                    for k, v in metrics.items()])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The untrained generator at step 0: the UI's picture slider starts there, so it
+        shows where training began instead of an empty frame."""
+        assert isinstance(pl_module, GANModule)
+        if trainer.current_epoch == 0:  # not on a resumed run
+            self.log_picture(pl_module, "before training", step=0)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, GANModule)
@@ -109,6 +128,9 @@ class MlflowMetrics(L.Callback):
                                  centres=None if ds.centres is None else ds.centres.numpy(),
                                  title=f"{ds.name}: {title}")
         if artifact_file is not None:
-            self.run.log_figure(fig, artifact_file)
+            self.run.client.log_figure(self.run.run_id, fig, artifact_file)
+        if step is not None and step not in self.pictured:
+            self.pictured.add(step)
+            self.run.log_image(fig, key="samples", step=step)  # closes the figure
         else:
-            self.run.log_image(fig, key="samples", step=step or 0)
+            plt.close(fig)

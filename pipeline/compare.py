@@ -1,7 +1,9 @@
 """Top-K trials of a study, read from Optuna and MLflow (which must agree), and one figure.
 
 Complete trials are ranked by their objective; pruned ones follow, ranked by the last value they
-reported. The figure shows the top trials' final sample pictures with their scores, and their
+reported. A multi-objective study lists its Pareto front first (marked in the ``pareto`` column),
+by the first objective, then its other complete trials.
+The figure shows the top trials' final sample pictures with their scores, and their
 per-epoch objective curves on one plot.
 """
 
@@ -26,7 +28,7 @@ from matplotlib.figure import Figure
 
 from pipeline.config import ConfigError
 from pipeline.metrics.registry import MAIN_METRICS, val_key
-from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study, pareto_front
 from pipeline.tracking import RunLogger, mask_secrets, open_store_for_reading, tracking_uri
 
 if TYPE_CHECKING:
@@ -40,20 +42,31 @@ class DisagreementError(RuntimeError):
     """Optuna's objective for a trial differs from the one its MLflow run recorded."""
 
 
-def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[str, Any]]:
-    sign = 1.0 if defn.spec.objective.direction == "minimize" else -1.0
+def ranked_trials(study: optuna.Study, defn: StudyDefinition
+                  ) -> list[tuple[optuna.trial.FrozenTrial, list[float], bool]]:
+    """(trial, values, on the front), best first. One objective: complete trials by their value,
+    then pruned ones by the last value they reported. Several: the Pareto front by the first
+    objective, then the other complete trials by the first objective."""
+    sign = 1.0 if defn.directions[0] == "minimize" else -1.0
+    front = {t.number for t in pareto_front(study)} if defn.multi_objective else set()
     candidates = []
     for t in study.get_trials(deepcopy=False):
-        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
-            candidates.append((0, sign * t.value, t, t.value))
-        elif t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values:
+        if t.state == optuna.trial.TrialState.COMPLETE and t.values:
+            group = 0 if t.number in front or not defn.multi_objective else 1
+            candidates.append((group, sign * t.values[0], t.number, t, list(t.values)))
+        elif (t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values
+              and not defn.multi_objective):
             last = t.intermediate_values[max(t.intermediate_values)]
-            candidates.append((1, sign * last, t, last))
-    candidates.sort(key=lambda c: (c[0], c[1]))
+            candidates.append((2, sign * last, t.number, t, [last]))
+    candidates.sort(key=lambda c: c[:3])
+    return [(t, values, t.number in front) for *_, t, values in candidates]
+
+
+def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[str, Any]]:
     client = open_store_for_reading(tracking_uri(defn.base.tracking.tracking_uri))
     rows = []
     missing = []
-    for rank, (_, _, trial, value) in enumerate(candidates[:k], start=1):
+    for rank, (trial, values, on_front) in enumerate(ranked_trials(study, defn)[:k], start=1):
         run_id = trial.user_attrs.get(RUN_ATTR, "")
         try:
             metrics = client.get_run(run_id).data.metrics if run_id else {}
@@ -62,11 +75,16 @@ def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[
             metrics, run_id = {}, f"{run_id} (not in this MLflow store)"
         else:
             if trial.state == optuna.trial.TrialState.COMPLETE:
-                check_agreement(trial.number, value, run_id, metrics.get("objective"))
-        row: dict[str, Any] = {"rank": rank, "trial": trial.number, "state": trial.state.name,
-                               "objective": value}
+                for key, value in defn.objective_metrics(values).items():
+                    check_agreement(trial.number, value, run_id, metrics.get(key))
+        row: dict[str, Any] = {"rank": rank, "trial": trial.number, "state": trial.state.name}
+        if defn.multi_objective:
+            row["pareto"] = "*" if on_front else ""
+            row.update(zip(defn.metrics, values, strict=True))
+        else:
+            row["objective"] = values[0]
         for name in MAIN_METRICS:
-            if val_key(name) in metrics:
+            if val_key(name) in metrics and val_key(name) not in row:
                 row[name] = metrics[val_key(name)]
         row.update({f"p:{k}": v for k, v in sorted(trial.params.items())})
         row["run_id"] = run_id
@@ -125,7 +143,8 @@ def terminal_table(rows: Sequence[dict[str, Any]], first: list[str], params: lis
     for row in rows:
         settings = " ".join(f"{p.removeprefix('p:').split('.', 1)[-1]}={_cell(row[p])}"
                             for p in params if p in row)
-        lines += textwrap.wrap(f"#{row['rank']} trial {row['trial']}: {settings}", width,
+        which = f"{row['study']} " if "study" in row else ""
+        lines += textwrap.wrap(f"{which}#{row['rank']} trial {row['trial']}: {settings}", width,
                                subsequent_indent="    ")
         lines.append(f"    run {row['run_id']}")
     return "\n".join(lines)
@@ -155,8 +174,11 @@ def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> 
             ax.axis("off")
             scores = ", ".join(f"{k} {row[k]:.3g}" for k in [m for m in MAIN_METRICS
                                                               if m in row][:4])
-            ax.set_title(f"#{row['rank']} trial {row['trial']} ({row['state'].lower()})\n"
-                         f"objective {row['objective']:.4g}\n{scores}", fontsize=7)
+            judged = ", ".join(f"{m.split('/')[-1]} {row[m]:.4g}" for m in defn.metrics) \
+                if defn.multi_objective else f"objective {row['objective']:.4g}"
+            front = " on the front" if row.get("pareto") else ""
+            ax.set_title(f"#{row['rank']} trial {row['trial']} ({row['state'].lower()}{front})"
+                         f"\n{judged}\n{scores}", fontsize=7)
             if not row["run_id"]:
                 continue
             try:
@@ -175,7 +197,9 @@ def comparison_figure(rows: Sequence[dict[str, Any]], defn: StudyDefinition) -> 
     curves.set_ylabel(metric)
     curves.legend(fontsize=7)
     curves.grid(alpha=0.3)
-    fig.suptitle(f"study {defn.name}: top {len(rows)} by {defn.spec.objective.direction} {metric}")
+    order = ("the Pareto front first, by " if defn.multi_objective else "") + \
+        f"{defn.spec.objective.direction} {metric}"
+    fig.suptitle(f"study {defn.name}: top {len(rows)}, {order}")
     return fig
 
 
@@ -195,3 +219,24 @@ def compare(study_name: str, *, top: int = 5, fmt: str = "table", storage: str |
         RunLogger(client, parent).log_figure(fig, "comparison/top_trials.png")
     plt.close(fig)
     return format_rows(rows, fmt), path
+
+
+def compare_studies(names: Sequence[str], *, top: int = 5, fmt: str = "table",
+                    storage: str | None = None) -> tuple[str, list[Path]]:
+    """Several studies side by side: each study's top trials, in one table whose first columns
+    say which study and which objective a row's ``objective`` is; a figure per study (its
+    default path, and on its parent run)."""
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--study: {', '.join(names)} names a study twice")
+    rows: list[dict[str, Any]] = []
+    figures = []
+    for name in names:
+        study, defn = find_study(name, storage)  # every name checked before any output
+        for row in top_trials(study, defn, top):
+            first = {"objective": row.get("objective", row.get(defn.metrics[0]))}
+            rows.append({"study": name, "objective_of": ", ".join(
+                f"{d[:3]} {m}" for m, d in zip(defn.metrics, defn.directions, strict=True)),
+                **row, **first})
+    for name in names:
+        figures.append(compare(name, top=top, fmt=fmt, storage=storage)[1])
+    return format_rows(rows, fmt), figures

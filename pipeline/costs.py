@@ -58,13 +58,15 @@ def sample_ms(generator: Generator, rows: int = LATENCY_ROWS) -> float:
 
 
 def costs(generator: Generator, discriminator: nn.Module, train_seconds: float) -> dict[str, float]:
-    return {
-        f"{COST_PREFIX}g_params": float(count_parameters(generator)),
-        f"{COST_PREFIX}d_params": float(count_parameters(discriminator)),
-        f"{COST_PREFIX}g_mflops": generator_mflops(generator),
-        f"{COST_PREFIX}sample_ms": sample_ms(generator),
-        f"{COST_PREFIX}train_seconds": train_seconds,
+    values = {
+        "g_params": float(count_parameters(generator)),
+        "d_params": float(count_parameters(discriminator)),
+        "g_mflops": generator_mflops(generator),
+        "sample_ms": sample_ms(generator),
+        "train_seconds": train_seconds,
     }
+    return {f"{COST_PREFIX}{name}": values[name] for name in COST_METRICS}
 
 
 COST_METRICS = ("g_params", "d_params", "g_mflops", "sample_ms", "train_seconds")
+COST_KEYS = tuple(f"{COST_PREFIX}{name}" for name in COST_METRICS)  # what studies may name

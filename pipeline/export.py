@@ -1,8 +1,10 @@
-"""Export the best trial's generator: Model Registry version, TorchScript, ONNX, model card.
+"""Export a trial's generator (the best, or the one chosen): Model Registry version, TorchScript,
+ONNX, model card.
 
-The weights are the ones the best trial trained (from its MLflow run), not a retrain. The run
-already holds them as an MLflow model (``runs:/<run_id>/generator``: TorchScript, a signature and
-an input example); export registers that model as ``<study>-generator`` with alias ``champion``
+The weights are the ones the trial trained (from its MLflow run), not a retrain. The run
+already holds them as an MLflow 3 logged model (``runs:/<run_id>/generator``: TorchScript, a
+signature and an input example); export registers that model as ``<study>-generator`` with
+alias ``champion``
 (once per run: exporting again moves the alias, it adds no version), so that
 ``mlflow.pyfunc.load_model("models:/<study>-generator@champion").predict(z)`` works anywhere,
 without this project. The export folder needs no project code either: ``torch.jit.load`` or
@@ -14,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,11 @@ import torch
 from pipeline.config_load import cut, mask_secrets
 from pipeline.errors import ConfigError
 from pipeline.metrics.registry import VAL_PREFIX
-from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE
+from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE, logged_model_id
 from pipeline.networks import Generator
 from pipeline.plots import figure_png, samples_png, table_figure
-from pipeline.study.store import RUN_ATTR, best_trial, find_study
+from pipeline.study.choice import chosen_trial
+from pipeline.study.store import RUN_ATTR, find_study
 from pipeline.tables.transform import TableTransformer
 from pipeline.tracking import open_store_for_reading, tracking_uri
 
@@ -43,14 +47,17 @@ class ExportError(ConfigError):
 
 
 def export_best(study_name: str, out_dir: str | Path | None = None, *,
-                storage: str | None = None, force: bool = False) -> tuple[Path, int]:
-    """Export the study's best trial to ``out_dir`` (default exports/<study>/); returns the
-    folder and the registered model version. The folder must be new, empty or an earlier
-    export of the same run (``check_out_dir``), unless ``force``."""
+                storage: str | None = None, force: bool = False, trial: int | None = None,
+                pick: str | None = None) -> tuple[Path, int]:
+    """Export the study's best trial (or the one ``trial`` or ``pick`` chooses: see
+    study/choice.py) to ``out_dir`` (default exports/<study>/); returns the folder and the
+    registered model version. The folder must be new, empty or an earlier export of the same
+    run (``check_out_dir``), unless ``force``."""
     study, defn = find_study(study_name, storage)
-    best = best_trial(study)
-    if best is None:
-        raise ExportError(f"study {study_name}: no complete trial to export (run `make sweep`)")
+    try:
+        best = chosen_trial(study, defn, trial=trial, pick=pick)
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
     run_id = best.user_attrs.get(RUN_ATTR)
     if not run_id:
         raise ExportError(f"study {study_name}: trial {best.number} has no MLflow run recorded")
@@ -85,7 +92,7 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
 
     out.mkdir(parents=True, exist_ok=True)
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith(VAL_PREFIX)}
-    metrics["objective"] = float(best.value)  # type: ignore[arg-type]
+    metrics.update(defn.objective_metrics(best.values))
     version = register(client, study_name, run_id, best.number, metrics)
     config = {
         **resolved,  # data, model, train, eval, tracking: the full resolved config
@@ -107,9 +114,11 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
         "trial": best.number,
         "mlflow_run_id": run_id,
         "registered_model": f"models:/{study_name}-generator/{version}",
-        "objective": {"metric": defn.spec.objective.metric,
-                      "direction": defn.spec.objective.direction,
-                      "last_k": defn.spec.objective.last_k, "value": best.value},
+        "objectives": [{"metric": o.metric, "direction": o.direction, "last_k": o.last_k,
+                        "value": value} for o, value in zip(defn.objectives, best.values,
+                                                            strict=True)],
+        "chosen_by": (f"--trial {trial}" if trial is not None else f"--pick {pick}" if pick
+                      else "the best trial"),
         "params": best.params,
     }
     n = 64 if meta["image_shape"] else 2500
@@ -211,10 +220,35 @@ def register(client: Any, study_name: str, run_id: str, trial: int,
     else:
         tags = {k.replace("/", "_"): f"{v:.6g}" for k, v in metrics.items()}
         tags.update(run_id=run_id, trial=str(trial))
-        version = int(client.create_model_version(
-            name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id, tags=tags).version)
+        # the run's logged model, so the registry links to it (older runs: the run's artifact)
+        model_id = logged_model_id(client, run_id)
+        source = f"models:/{model_id}" if model_id else f"runs:/{run_id}/{MODEL_ARTIFACT}"
+        # MLflow's registry looks the logged model up through the global tracking URI, not
+        # through this client's: point it at the same store while it does
+        with global_tracking_uri(client.tracking_uri):
+            version = int(client.create_model_version(
+                name, source=source, run_id=run_id, tags=tags, model_id=model_id).version)
     client.set_registered_model_alias(name, ALIAS, str(version))
     return version
+
+
+@contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` while inside; afterwards exactly as before,
+    the MLFLOW_TRACKING_URI variable (which set_tracking_uri also writes) included."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils  # where MLflow keeps the global
+
+    saved, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved)  # type: ignore[arg-type]  # None: unset
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def model_card(config: dict[str, Any], metrics: dict[str, float]) -> str:
@@ -227,7 +261,13 @@ def model_card(config: dict[str, Any], metrics: dict[str, float]) -> str:
         reshape = (". The registered MLflow model decodes them: its `predict(z)` returns a "
                    "DataFrame of rows with the table's own columns, dtypes and categories; "
                    "`python -m pipeline sample EXPORT_DIR -n 1000 --out rows.csv` writes them")
-    objective = config["objective"]
+    objectives = config["objectives"]
+    chosen = ("the best trial of the study by" if len(objectives) == 1 else
+              f"by {config['chosen_by']} from the Pareto front of")
+    headline = "\n".join(
+        f"- **Headline value: `{o['metric']}` {o['value']:.6g}** ({o['direction']})" + (
+            f" = the mean over the trial's last {o['last_k']} evaluations"
+            if o["metric"].startswith(VAL_PREFIX) else "") for o in objectives)
     train, model = config["train"], config["model"]
     settings = "\n".join(f"| `{section}.{key}` | `{value}` |"
                          for section in ("data", "model", "train", "eval")
@@ -236,11 +276,12 @@ def model_card(config: dict[str, Any], metrics: dict[str, float]) -> str:
 
 Fully connected GAN generator trained on **{gen['dataset']}** (MLflow run
 `{config['mlflow_run_id']}`, registered as `{config['registered_model']}`), selected as the best
-trial of the study by {objective['direction']} `{objective['metric']}`.
+{chosen} {', '.join(f"{o['direction']} `{o['metric']}`" for o in objectives)}.
 
-**Headline value: {objective['value']:.6g}** = the mean of `{objective['metric']}` over the
-trial's last {objective['last_k']} evaluations (one evaluation is noisy). The table below shows
-the *last* evaluation alone, so its `{objective['metric']}` differs from the headline.
+{headline}
+
+One evaluation is noisy, so the objectives average the last few; the table below shows the
+*last* evaluation alone, so its values differ from the headline.
 
 - Architecture: MLP {kw['latent_dim']} -> {' -> '.join(map(str, kw['hidden']))} ->
   {kw['out_dim']}, activation {kw['activation']}, normalization {kw['norm']}, output

@@ -1,13 +1,17 @@
-"""The trained generator as an MLflow model in its run, and what export reads back from it.
+"""The trained generator as an MLflow model of its run, and what export reads back from it.
 
-``generator/`` is an MLflow model (TorchScript, a signature and an input example) that loads with
-``mlflow.pyfunc.load_model`` without this project; ``model/`` holds the state dicts, the
+``generator`` is an MLflow 3 logged model (TorchScript, a signature and an input example), linked
+to its run: the UI's Models tab lists it with its metrics, ``runs:/<run_id>/generator`` and
+``models:/<model_id>`` load it with ``mlflow.pyfunc.load_model`` without this project. It is
+created before training, so that every evaluation's metrics link to it, and deleted if the run
+ends without weights (pruned, failed). ``model/`` (a run artifact) holds the state dicts, the
 constructor arguments, the resolved config and, for tables, the fitted encoding (JSON, never a
 pickle) that turns the generator's output back into rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -33,8 +37,39 @@ TABLE_ENCODING_FILE = "table_encoding.json"  # in model/: the fitted TableTransf
 INPUT_EXAMPLE_ROWS = 4
 
 
-def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset) -> None:
-    """The evaluated generator (the EMA one when enabled) as ``generator/`` and ``model/``."""
+def start_logged_model(run: RunLogger) -> str:
+    """The run's logged model, PENDING until its weights are logged; a resumed run finds its
+    own instead of making a second."""
+    client = run.client
+    experiment = client.get_run(run.run_id).info.experiment_id
+    found = logged_model_id(client, run.run_id, experiment)
+    if found:
+        return found
+    return str(client.create_logged_model(experiment, name=MODEL_ARTIFACT,
+                                          source_run_id=run.run_id,
+                                          model_type="generator").model_id)
+
+
+def logged_model_id(client: Any, run_id: str, experiment: str | None = None) -> str | None:
+    """The id of the run's ``generator`` logged model, None for a run without one (a run
+    trained before models were logged this way, or with tracking.log_weights=false)."""
+    if experiment is None:
+        experiment = client.get_run(run_id).info.experiment_id
+    found = client.search_logged_models(
+        [experiment], filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_ARTIFACT}'")
+    return str(found[0].model_id) if found else None
+
+
+def discard_logged_model(run: RunLogger, model_id: str) -> None:
+    """A run that ends without weights leaves no empty model in the Models tab."""
+    with contextlib.suppress(Exception):  # never hide the error that ended the run
+        run.client.delete_logged_model(model_id)
+
+
+def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset,
+                model_id: str) -> None:
+    """The evaluated generator (the EMA one when enabled) as the logged model ``model_id``
+    (then READY) and the run's ``model/``."""
     import mlflow.pytorch
 
     generator = module.evaluated_generator
@@ -79,7 +114,8 @@ def log_weights(run: RunLogger, module: GANModule, cfg: Config, dataset: Dataset
                         generator.latent_dim, dataset.dim),
                     input_example=example, pip_requirements=[TORCH_REQUIREMENT],
                     serialization_format="pickle")
-        run.log_dir(model_dir, MODEL_ARTIFACT)
+        run.client.log_model_artifacts(model_id, str(model_dir))
+        run.client.finalize_logged_model(model_id, "READY")
     generator.train(was_training)
 
 

@@ -17,6 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from PIL import Image
 
+SAMPLES_INCHES = 6.5  # at 100 dpi a 650-px picture: the modes of a 5 x 5 grid are plain to see
+
 
 def samples_png(
     samples: np.ndarray,
@@ -38,7 +40,7 @@ def samples_figure(
     ax: plt.Axes | None = None,
 ) -> Figure:
     if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 5))
+        fig, ax = plt.subplots(figsize=(SAMPLES_INCHES, SAMPLES_INCHES))
     else:
         fig = ax.get_figure(root=True)  # type: ignore[assignment]
     if image_shape is not None:
@@ -49,9 +51,11 @@ def samples_figure(
             ax.imshow(grid, cmap="gray", vmin=-1, vmax=1)
         ax.axis("off")
     else:
-        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
+        # the modes as hollow rings under the samples: the points stay visible on top of them
+        ax.scatter(samples[:, 0], samples[:, 1], s=3, alpha=0.5, label="generated", zorder=2)
         if centres is not None:
-            ax.scatter(centres[:, 0], centres[:, 1], marker="x", c="red", s=40, label="modes")
+            ax.scatter(centres[:, 0], centres[:, 1], marker="o", facecolors="none",
+                       edgecolors="red", linewidths=1.0, s=120, label="modes", zorder=1)
             pad = 0.5 * float(np.ptp(centres[:, 0]) or 1.0)
             ax.set_xlim(centres[:, 0].min() - pad, centres[:, 0].max() + pad)
             ax.set_ylim(centres[:, 1].min() - pad, centres[:, 1].max() + pad)

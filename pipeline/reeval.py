@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ import yaml
 from pipeline.config import Config, ConfigError
 from pipeline.config_load import config_from_dict, load_config, parse_overrides
 from pipeline.metrics.registry import VAL_PREFIX
-from pipeline.study.store import PARENT_ATTR, RUN_ATTR, best_trial, find_study
+from pipeline.study.choice import chosen_trial, scores
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study
 from pipeline.tracking import (
     get_client,
     mask_secrets,
@@ -46,15 +47,21 @@ RUN_ONLY_KEYS = ("tracking", )  # sections of a config that say where, not what
 def reevaluate(*, study: str | None = None, config: str | None = None, seeds: int = 5,
                epochs: int | None = None, workers: int = 1, out: str | None = None,
                storage: str | None = None, overrides: list[str] | None = None,
+               trial: int | None = None, pick: str | None = None,
                ) -> tuple[dict[str, Any], Path]:
-    """Train ``seeds`` fresh seeds of the configuration; returns the report and its path."""
+    """Train ``seeds`` fresh seeds of the configuration; returns the report and its path.
+    ``trial`` / ``pick``: a study's trial other than the best (study/choice.py); the name (of
+    the results file and runs) is then ``<study>-trial<N>``."""
     start = time.time()
     if (study is None) == (config is None):
         raise ConfigError("reeval: give either --study or --config")
+    search: dict[str, float] = {}
     if study is not None:
-        cfg, name, parent, used = best_trial_config(study, storage)
+        cfg, name, parent, used, search = chosen_trial_config(study, storage, trial, pick)
     else:
         assert config is not None
+        if trial is not None or pick is not None:
+            raise ConfigError("reeval: --trial and --pick choose a study's trial; give --study")
         cfg = load_config(config)
         name, parent, used = Path(config).stem, None, {cfg.train.seed}
     cfg = with_overrides(cfg, overrides or [], epochs)
@@ -66,12 +73,16 @@ def reevaluate(*, study: str | None = None, config: str | None = None, seeds: in
     fresh = [s for s in range(FIRST_SEED, FIRST_SEED + seeds + len(used)) if s not in used]
     fresh = fresh[:seeds]
     jobs = [(seed_config(cfg, seed, uri), name, parent, seed) for seed in fresh]
+    print(f"reeval {name}: {len(jobs)} seeds {fresh}, {min(workers, len(jobs))} at a time",
+          file=sys.stderr)
     results = run_seeds(jobs, workers)
     if client.get_run(parent).data.tags.get("reeval") == "true":
         client.set_terminated(parent, "FINISHED")
 
-    per_seed = [{k.removeprefix(VAL_PREFIX): v for k, v in r["metrics"].items()}
-                for r in results]
+    # the costs (size, FLOPs, sampling latency, training time) beside the metrics: a size
+    # study's front is read against them
+    per_seed = [{**{k.removeprefix(VAL_PREFIX): v for k, v in r["metrics"].items()},
+                 **r["costs"]} for r in results]
     # the floor is the same metric of real rows at the same sample size (per seed: a table's
     # held-out split is drawn from the seed), so that a row reads against what is reachable
     report = {
@@ -82,6 +93,9 @@ def reevaluate(*, study: str | None = None, config: str | None = None, seeds: in
         "mean": {k: mean([p[k] for p in per_seed]) for k in per_seed[0]},
         "stderr": {k: stderr([p[k] for p in per_seed]) for k in per_seed[0]},
         "floor": {k: mean([r["floor"][k] for r in results]) for k in results[0]["floor"]},
+        # what the search saw for this trial (its last evaluations' mean, on the search's
+        # seed): optimistic, the winner of many noisy draws; beside the fresh seeds' mean
+        "search": {k.removeprefix(VAL_PREFIX): v for k, v in search.items()},
         "seconds": round(time.time() - start, 1),
         "seconds_per_seed": round(mean([r["seconds"] for r in results]), 1),
         "runs": [r["run_id"] for r in results],
@@ -98,13 +112,14 @@ def reevaluate(*, study: str | None = None, config: str | None = None, seeds: in
     return report, path
 
 
-def best_trial_config(study: str, storage: str | None
-                      ) -> tuple[Config, str, str | None, set[int]]:
-    """The best trial's exact config (logged with its run), the parent run, the seeds used."""
+def chosen_trial_config(study: str, storage: str | None, trial: int | None = None,
+                        pick: str | None = None
+                        ) -> tuple[Config, str, str | None, set[int], dict[str, float]]:
+    """The chosen trial's exact config (logged with its run), its name, the parent run, the
+    seeds used and the trial's scores in the search."""
     optuna_study, defn = find_study(study, storage)
-    best = best_trial(optuna_study)
-    if best is None:
-        raise ConfigError(f"study {study}: no complete trial to re-evaluate")
+    best = chosen_trial(optuna_study, defn, trial=trial, pick=pick)
+    name = study if trial is None and pick is None else f"{study}-trial{best.number}"
     uri = tracking_uri(defn.base.tracking.tracking_uri)
     client = open_store_for_reading(uri)
     run_id = best.user_attrs.get(RUN_ATTR, "")
@@ -113,7 +128,7 @@ def best_trial_config(study: str, storage: str | None
             path = client.download_artifacts(run_id, "model/config.yaml", tmp)
             cfg = config_from_dict(yaml.safe_load(Path(path).read_text()))
         except Exception:
-            raise ConfigError(f"study {study}: the best trial's run {run_id} has no "
+            raise ConfigError(f"study {study}: trial {best.number}'s run {run_id} has no "
                               f"model/config.yaml in {mask_secrets(uri)}") from None
     used = {int(t.params.get("train.seed", defn.base.train.seed)) for t in optuna_study.trials}
     parent: str | None = optuna_study.user_attrs.get(PARENT_ATTR)
@@ -121,7 +136,7 @@ def best_trial_config(study: str, storage: str | None
         client.get_run(parent or "")
     except Exception:  # the study's parent run is not in this store: make a reeval parent
         parent = None
-    return cfg, study, parent, used
+    return cfg, name, parent, used, scores(best, defn)
 
 
 def with_overrides(cfg: Config, overrides: list[str], epochs: int | None) -> Config:
@@ -148,12 +163,25 @@ def seed_config(cfg: Config, seed: int, uri: str) -> dict[str, Any]:
 
 def run_seeds(jobs: list[tuple[dict[str, Any], str, str, int]],
               workers: int) -> list[dict[str, Any]]:
+    """Every seed's result, in the jobs' order; a line on stderr as each seed finishes."""
     workers = max(1, min(workers, len(jobs), os.cpu_count() or 1))
+    start = time.time()
+
+    def done(i: int, result: dict[str, Any], n: int) -> dict[str, Any]:
+        print(f"  seed {jobs[i][3]} done ({n}/{len(jobs)}, {time.time() - start:.0f} s)",
+              file=sys.stderr)
+        return result
+
     if workers == 1:
-        return [train_seed(*job) for job in jobs]
+        return [done(i, train_seed(*job), i + 1) for i, job in enumerate(jobs)]
     ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+    results: dict[int, dict[str, Any]] = {}
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        return list(pool.map(train_seed, *zip(*jobs, strict=True)))
+        futures = {pool.submit(train_seed, *job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            results[i] = done(i, future.result(), len(results) + 1)
+    return [results[i] for i in range(len(jobs))]
 
 
 def train_seed(cfg_dict: dict[str, Any], name: str, parent: str, seed: int) -> dict[str, Any]:
@@ -170,7 +198,7 @@ def train_seed(cfg_dict: dict[str, Any], name: str, parent: str, seed: int) -> d
     if not result.metrics:
         raise ConfigError(f"seed {seed}: no evaluation ran")
     return {"run_id": result.run_id, "metrics": result.metrics, "floor": result.floor,
-            "seconds": time.time() - start}
+            "costs": result.costs, "seconds": time.time() - start}
 
 
 def mean(values: list[float]) -> float:
@@ -209,12 +237,19 @@ def write_best_config(cfg: Config, study: str) -> Path:
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    floor = report.get("floor", {})
+    floor, search = report.get("floor", {}), report.get("search", {})
     lines = [f"{report['study']}: {len(report['seeds'])} fresh seeds {report['seeds']}, "
              f"{report['seconds']:.0f} s",
-             f"{'metric':<18} {'mean':>10} {'stderr':>10} {'min':>10} {'real rows':>10}"]
+             f"{'metric':<18} {'mean':>10} {'stderr':>10} {'min':>10} {'real rows':>10} "
+             f"{'search':>10}"]
+
+    def cell(values: dict[str, float], k: str) -> str:
+        return f"{values[k]:>10.4g}" if k in values else f"{'':>10}"
+
     for k, v in report["mean"].items():
         low = min(p[k] for p in report["per_seed"])
-        real = f"{floor[k]:>10.4g}" if k in floor else f"{'':>10}"
-        lines.append(f"{k:<18} {v:>10.4g} {report['stderr'][k]:>10.3g} {low:>10.4g} {real}")
+        lines.append(f"{k:<18} {v:>10.4g} {report['stderr'][k]:>10.3g} {low:>10.4g} "
+                     f"{cell(floor, k)} {cell(search, k)}".rstrip())
+    if search:
+        lines.append("search: the trial's value in the study (its last evaluations, one seed)")
     return "\n".join(lines)

@@ -66,6 +66,100 @@ def markdown_table(rows: Sequence[tuple[str, Path]]) -> str:
     return "\n".join(lines)
 
 
+# A size study's front (results/<study>-trial<N>.json, one per re-evaluated member): a row per
+# member, smallest G first, with the size and latency beside the PacGAN columns.
+FRONT_COLUMNS = (("modes_covered", "modes"), ("high_quality", "high quality"),
+                 ("reverse_kl", "reverse KL"), ("pacgan_score", "pacgan_score"))
+ALL_MODES_HQ = 0.95  # "covers all modes with high quality": every seed all modes, mean HQ >= this
+
+
+def front_blocks(results: Path) -> dict[str, list[Path]]:
+    """One block per study with re-evaluated trials, its files smallest generator first."""
+    groups: dict[str, list[Path]] = {}
+    for path in sorted(results.glob("*-trial*.json")):
+        study = re.sub(r"-trial\d+$", "", path.stem)
+        groups.setdefault(study, []).append(path)
+    return {f"front-{study}": sorted(paths, key=lambda p: _params(json.loads(p.read_text())))
+            for study, paths in groups.items()}
+
+
+def _params(report: dict[str, Any]) -> float:
+    return float(report["mean"].get("cost/g_params", math.inf))
+
+
+def front_table(paths: Sequence[Path]) -> str:
+    reports = [(json.loads(p.read_text()), p) for p in paths]
+    head = ["trial", "G hidden", "G params", "D hidden",
+            *[label for _, label in FRONT_COLUMNS], "ms / 1,000 samples", "seeds", "file"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for report, path in reports:
+        model = report["config"]["model"]
+        lines.append("| " + " | ".join([
+            path.stem.rsplit("-trial", 1)[1], "x".join(map(str, model["g_hidden"])),
+            f"{_params(report):,.0f}", "x".join(map(str, model["d_hidden"])),
+            *[cell(report, metric) for metric, _ in FRONT_COLUMNS],
+            f"{report['mean'].get('cost/sample_ms', math.nan):.2f}",
+            str(len(report["seeds"])), f"`{path.as_posix()}`"]) + " |")
+    floor = reports[0][0].get("floor") if reports else None
+    if floor:
+        lines.append("| real samples (the floor) | | | | " + " | ".join(
+            f"{floor[m]:.3f}" if m in floor else "-" for m, _ in FRONT_COLUMNS) + " | | | |")
+    lines += ["", smallest_sentence(reports)]
+    return "\n".join(lines)
+
+
+def front_figure(paths: Sequence[Path], out: Path) -> None:
+    """G's parameters against the fresh seeds' high quality and modes (mean and standard error):
+    the re-evaluated front as a picture, written beside its results files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = [json.loads(p.read_text()) for p in paths]
+    size = [_params(r) for r in reports]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, label in ((axes[0], "high_quality", "high quality (fresh seeds)"),
+                              (axes[1], "modes_covered", "modes covered (fresh seeds)")):
+        ax.errorbar(size, [r["mean"][metric] for r in reports],
+                    yerr=[r["stderr"][metric] for r in reports], fmt="o-", capsize=3)
+        for x, r in zip(size, reports, strict=True):
+            ax.annotate("x".join(map(str, r["config"]["model"]["g_hidden"])),
+                        (x, r["mean"][metric]), textcoords="offset points", xytext=(4, -10),
+                        fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("G parameters (log scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{paths[0].stem.rsplit('-trial', 1)[0]}: the front, re-evaluated "
+                 f"({len(reports[0]['seeds'])} fresh seeds each)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def smallest_sentence(reports: Sequence[tuple[dict[str, Any], Path]]) -> str:
+    winners = [(r, p) for r, p in reports
+               if _all_modes(r) and r["mean"]["high_quality"] >= ALL_MODES_HQ]
+    if not winners:
+        return (f"None of these re-evaluated generators covers every mode on every seed with a "
+                f"mean high quality >= {ALL_MODES_HQ:.0%}.")
+    report, path = min(winners, key=lambda rp: _params(rp[0]))
+    hidden = "x".join(map(str, report["config"]["model"]["g_hidden"]))
+    return (f"**The smallest generator that covers all modes on every fresh seed with mean high "
+            f"quality >= {ALL_MODES_HQ:.0%}: G {hidden}, {_params(report):,.0f} parameters** "
+            f"(`{path.as_posix()}`).")
+
+
+def _all_modes(report: dict[str, Any]) -> bool:
+    """Every seed covered every mode of its dataset (25 for grid25, 8 for ring8)."""
+    from pipeline.data import DATASETS
+
+    data = report["config"]["data"]
+    n = len(DATASETS[data["name"]].centres(data["radius"]))  # type: ignore[union-attr]
+    return all(p["modes_covered"] >= n for p in report["per_seed"])
+
+
 def rewrite(readme: Path, blocks: dict[str, str]) -> str:
     """README text with each ``<!-- report:NAME -->...<!-- /report:NAME -->`` block replaced."""
     text = readme.read_text()
@@ -86,6 +180,9 @@ def write_report(readme: str | Path = "README.md", results: str | Path = "result
     names."""
     blocks = {name: markdown_table(rows)
               for name, rows in table_blocks(Path(results)).items() if rows}
+    for name, paths in front_blocks(Path(results)).items():
+        blocks[name] = front_table(paths)
+        front_figure(paths, Path(results) / f"{name.removeprefix('front-')}-front.png")
     path = Path(readme)
     path.write_text(rewrite(path, blocks))
     return sorted(blocks)

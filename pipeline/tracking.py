@@ -208,13 +208,18 @@ def unreachable_reason(exc: BaseException) -> str:
     return cut(text.splitlines()[0]) if text else type(exc).__name__
 
 
+# MLflow 3's UI opens an experiment of unknown kind on its GenAI traces page; this kind (the
+# UI's "machine learning" experiment) opens on its training runs.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
     try:
         return str(client.create_experiment(name, artifact_location=artifact_location(
-            client.tracking_uri)))
+            client.tracking_uri), tags=EXPERIMENT_TAGS))
     except Exception:  # another worker created it first
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -320,6 +325,10 @@ def start_run(client: MlflowClient, experiment: str, *, run_name: str | None = N
     return str(run.info.run_id)
 
 
+# Ctrl-C or SIGTERM: the run ends KILLED and says why, and that the command resumes it
+STOPPED = Ending("KILLED", {"killed_reason": "run the same command again to resume"})
+
+
 @contextmanager
 def mlflow_run(
     uri: str,
@@ -347,7 +356,7 @@ def mlflow_run(
     else:
         client.update_run(run_id, status="RUNNING")
     logger = RunLogger(client, run_id)
-    endings: dict[type[BaseException], Ending] = {KeyboardInterrupt: Ending("KILLED")}
+    endings: dict[type[BaseException], Ending] = {KeyboardInterrupt: STOPPED}
     endings.update(ended_by or {})
     monitor = start_system_metrics(uri, run_id, resume=resumed) if system_metrics else None
     try:
@@ -357,7 +366,10 @@ def mlflow_run(
             monitor.finish()
         for exc_type, ending in endings.items():
             if isinstance(exc, exc_type):
-                close_run(logger, ending.status, dict(ending.tags))
+                tags = dict(ending.tags)
+                if ending is STOPPED:
+                    tags["killed_reason"] = f"stopped by {exc or 'Ctrl-C'}: {tags['killed_reason']}"
+                close_run(logger, ending.status, tags)
                 break
         else:
             close_run(logger, "FAILED", {"error": f"{type(exc).__name__}: {exc}"})

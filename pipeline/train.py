@@ -24,7 +24,7 @@ from pipeline.checkpoint import EpochCheckpoint, checkpoint_path, resume_config
 from pipeline.config import Config, ConfigError
 from pipeline.costs import costs
 from pipeline.devices import lightning_devices
-from pipeline.model_log import log_weights
+from pipeline.model_log import discard_logged_model, log_weights, start_logged_model
 from pipeline.prepare import Prepared
 from pipeline.tracking import RunLogger, get_client, tracking_uri
 
@@ -55,7 +55,8 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
         run.log_training_data(ds.train.numpy(), f"{ds.name}-train", ds.source)
         if floor:
             run.log_metrics({f"{FLOOR_PREFIX}{k}": v for k, v in floor.items()}, step=0)
-    tracker = MlflowMetrics(run, prep.dataset,
+    model_id = start_logged_model(run) if cfg.tracking.log_weights else None
+    tracker = MlflowMetrics(run, prep.dataset, model_id=model_id,
                             sample_every_n_epochs=cfg.train.sample_every_n_epochs)
     saver = EpochCheckpoint(run.run_id, cfg) if checkpoint or resume else None
     # tracker first: it logs an evaluation before a pruning callback raises; the checkpoint
@@ -63,16 +64,23 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
     trainer = make_trainer(cfg, prep.device, [tracker, *callbacks, *([saver] if saver else []),
                                               StopOnRequest()])
     start = time.perf_counter()
-    run_trainer(trainer, module, prep,
-                ckpt_path=str(checkpoint_path(run.run_id)) if resume else None)
+    try:
+        run_trainer(trainer, module, prep,
+                    ckpt_path=str(checkpoint_path(run.run_id)) if resume else None)
+    except BaseException:
+        if model_id and saver is None:  # a checkpointed run resumes into the same model
+            discard_logged_model(run, model_id)
+        raise
     # the fit loop of this process: a resumed run counts the part after its resume
     cost = costs(module.evaluated_generator, module.discriminator, time.perf_counter() - start)
-    run.log_metrics(cost, step=cfg.train.epochs)
+    tracker.log_final(cost, step=cfg.train.epochs)
 
     epochs = f"{cfg.train.epochs} epoch{'s' if cfg.train.epochs != 1 else ''}"
-    tracker.log_picture(module, f"after {epochs}", artifact_file="samples/final.png")
-    if cfg.tracking.log_weights:
-        log_weights(run, module, cfg, prep.dataset)
+    # the final picture: a file, and the slider's last step (unless that epoch has one)
+    tracker.log_picture(module, f"after {epochs}", artifact_file="samples/final.png",
+                        step=cfg.train.epochs)
+    if model_id:
+        log_weights(run, module, cfg, prep.dataset, model_id)
     if saver is not None:
         saver.remove()
     final = {k: v[-1] for k, v in tracker.history.items()}

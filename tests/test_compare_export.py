@@ -120,7 +120,13 @@ def test_export_best(study_env: dict[str, str], tmp_path: Path) -> None:
     champion = client.get_model_version_by_alias("smoke-generator", "champion")
     assert int(champion.version) == version
     assert champion.run_id == best.user_attrs[RUN_ATTR]
-    assert champion.source == f"runs:/{best.user_attrs[RUN_ATTR]}/generator"
+    # the run's MLflow 3 logged model (the Models tab), READY, with the run's metrics linked
+    (logged,) = client.search_logged_models(
+        [client.get_run(champion.run_id).info.experiment_id],
+        filter_string=f"source_run_id = '{champion.run_id}'")
+    assert champion.source == f"models:/{logged.model_id}" and logged.name == "generator"
+    assert str(logged.status) in ("READY", "LoggedModelStatus.READY")
+    assert {m.key for m in logged.metrics} >= {"val/fid", "cost/g_params"}
     assert float(champion.tags["val_fid"]) == pytest.approx(metrics["val/fid"], rel=1e-5)
     # exporting the same run again adds no version
     assert export_best("smoke", tmp_path / "again")[1] == version

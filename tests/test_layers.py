@@ -14,8 +14,9 @@ from pipeline.config import PROJECT_ROOT
 
 FLOORS: list[list[str]] = [
     ["pipeline.__main__"],
-    ["pipeline.compare", "pipeline.export", "pipeline.reeval", "pipeline.report"],
-    ["pipeline.study"],  # one room: space < spec < store < objective, parent_run < sweep
+    ["pipeline.compare", "pipeline.export", "pipeline.reeval", "pipeline.report",
+     "pipeline.relocate"],
+    ["pipeline.study"],  # one room, in STUDY_ORDER
     ["pipeline.evaluate", "pipeline.train"],
     ["pipeline.model_log"],
     ["pipeline.prepare", "pipeline.callbacks"],
@@ -30,7 +31,8 @@ FLOORS: list[list[str]] = [
     ["pipeline.readers", "pipeline.tables"],
     ["pipeline.dataset", "pipeline.errors", "pipeline"],
 ]
-STUDY_ORDER = ["space", "spec", "store", "objective", "parent_run", "sweep"]
+STUDY_ORDER = ["conditions", "space", "spec", "store", "choice", "objective", "parent_run",
+               "sweep"]
 
 
 def floor_of(module: str) -> int:

@@ -40,7 +40,15 @@ def test_reeval_study(tmp_path: Path, store_uri: str, monkeypatch: pytest.Monkey
         values = [p[key] for p in report["per_seed"]]
         assert report["mean"][key] == pytest.approx(sum(values) / 2)
         assert report["stderr"][key] == pytest.approx(abs(values[0] - values[1]) / 2)
-    assert "modes_covered" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "modes_covered" in printed.out
+    # progress, and the value the search saw beside the fresh seeds' mean
+    assert f"seed {FIRST_SEED + 1} done (2/2, " in printed.err
+    assert report["search"]["fid"] == pytest.approx(study.best_value)
+    header = next(line for line in printed.out.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "mean", "stderr", "min", "real", "rows", "search"]
+    fid_line = next(line for line in printed.out.splitlines() if line.startswith("fid "))
+    assert fid_line.split()[-1] == f"{study.best_value:.4g}"
 
     # Each seed is a run tagged reeval under the study's parent run, with the winner's config.
     client = MlflowClient(tracking_uri=store_uri)

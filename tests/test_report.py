@@ -49,3 +49,40 @@ def test_a_missing_block_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="report:table-fair"):
         write_report(readme, results)
     assert readme.read_text() == "no blocks\n"
+
+
+def front_file(path: Path, hidden: list[int], params: float, modes: list[float],
+               hq: list[float]) -> None:
+    per_seed = [{"modes_covered": m, "high_quality": q, "reverse_kl": 0.01,
+                 "pacgan_score": q * m / 25, "cost/g_params": params, "cost/sample_ms": 0.5}
+                for m, q in zip(modes, hq, strict=True)]
+    keys = per_seed[0].keys()
+    path.write_text(json.dumps({
+        "config": {"model": {"g_hidden": hidden, "d_hidden": [128, 128, 128]},
+                   "data": {"name": "grid25", "radius": 2.0}},
+        "seeds": list(range(len(modes))), "per_seed": per_seed,
+        "mean": {k: sum(p[k] for p in per_seed) / len(per_seed) for k in keys},
+        "stderr": {k: 0.0 for k in keys}, "floor": {"high_quality": 0.989},
+        "seconds": 10.0}))
+
+
+def test_a_front_block_names_the_smallest_generator_that_covers_every_mode(
+        tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    # the small G misses a mode on one seed; the middle one covers all with 96% HQ
+    front_file(results / "size-trial7.json", [16], 82.0, [25, 24], [0.97, 0.97])
+    front_file(results / "size-trial3.json", [64, 64], 4482.0, [25, 25], [0.96, 0.96])
+    front_file(results / "size-trial0.json", [128, 128, 128], 33666.0, [25, 25], [0.95, 0.95])
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:front-size -->\n<!-- /report:front-size -->\n")
+    assert write_report(readme, results) == ["front-size"]
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    # smallest G first
+    assert [r.split(" | ")[1] for r in rows[1:4]] == ["16", "64x64", "128x128x128"]
+    assert "4,482" in rows[2] and "| 2 |" in rows[2]
+    assert rows[4].startswith("| real samples (the floor)") and "0.989" in rows[4]
+    text = readme.read_text()
+    assert "covers all modes on every fresh seed with mean high quality >= 95%: G 64x64, " \
+           "4,482 parameters" in text
+    assert (results / "size-front.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -29,7 +29,7 @@ from slow_helpers import (
 )
 
 from pipeline.study.spec import load_study_file
-from pipeline.study.sweep import run_sweep
+from pipeline.study.sweep import ML_MODE, UI_ADDRESS, run_sweep, ui_links
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -38,6 +38,16 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 UI_TIMEOUT_MS = 90_000  # the React app on 2 busy cores
+# In the page: an artifact fetched through the UI's endpoint, its bytes and decoded size.
+FETCH_IMAGE = """async (url) => {
+            const response = await fetch(url);
+            const bytes = new Uint8Array(await response.arrayBuffer());
+            const img = new Image();
+            img.src = url;
+            await img.decode();
+            return {status: response.status, head: Array.from(bytes.slice(0, 8)),
+                    size: bytes.length, width: img.naturalWidth, height: img.naturalHeight};
+        }"""
 
 
 @pytest.fixture
@@ -147,16 +157,33 @@ def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str, Pa
     ARTIFACTS_DIR.mkdir(exist_ok=True)
     for stale in ("mlflow-runs.png", "mlflow-sample.png", "mlflow-failure.png"):
         (ARTIFACTS_DIR / stale).unlink(missing_ok=True)  # no screenshot from an earlier run
+    best = client.search_runs([experiment], filter_string="tags.best = 'true'")[0]
+    best_value = f"{best.data.metrics['objective']:.4g}"
     with local_page(chromium_path, ARTIFACTS_DIR / "mlflow-failure.png") as page:
-        # The experiment's runs table: the parent run, then its trials once expanded.
-        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/runs")
+        # The sweep's printed link lands on the training runs, not on GenAI traces (MLflow 3's
+        # default mode), and their first row names the best trial and its objective: no click.
+        link = ui_links(experiment, parent_id, best.info.run_id)["runs"]
+        page.goto(link.replace(UI_ADDRESS, mlflow_ui))
         parent_row = page.locator('[role="row"]', has_text="study smoke").first
         parent_row.wait_for()
+        assert f"best fid {best_value} · trial {best.data.tags['optuna_trial']}" in (
+            parent_row.text_content() or "")
+        page.screenshot(path=ARTIFACTS_DIR / "mlflow-landing.png")
+        # Its trials once expanded: complete ones end with their value, pruned ones [pruned].
         expand = parent_row.locator('button[data-component-id*="runnamecellrenderer"]')
         expand.click()
         for name in trial_names:
             page.get_by_text(name, exact=True).first.wait_for()
+        assert any(name.endswith(f" = {best_value}") for name in trial_names), trial_names
+        states = {r.data.tags.get("optuna_state") for r in children}
+        if "PRUNED" in states:
+            assert any(" [pruned] " in name for name in trial_names), trial_names
         page.screenshot(path=ARTIFACTS_DIR / "mlflow-runs.png")
+
+        # The Models tab lists the trials' generators (MLflow 3 logged models).
+        page.goto(f"{mlflow_ui}/#/experiments/{experiment}/models{ML_MODE}")
+        page.get_by_text("generator", exact=True).first.wait_for()
+        page.screenshot(path=ARTIFACTS_DIR / "mlflow-models.png")
 
         # The trial's artifacts view, with samples/final.png selected: the UI fetches the
         # file and previews it as an <img> from a blob: URL, which the browser must have
@@ -173,21 +200,22 @@ def test_mlflow_ui_lists_study_and_shows_samples(smoke_store: tuple[str, str, Pa
         page.screenshot(path=ARTIFACTS_DIR / "mlflow-sample.png")
 
         # The same picture straight from the UI's artifact endpoint: a PNG.
-        fetched = page.evaluate("""async (url) => {
-            const response = await fetch(url);
-            const bytes = new Uint8Array(await response.arrayBuffer());
-            const img = new Image();
-            img.src = url;
-            await img.decode();
-            return {status: response.status, head: Array.from(bytes.slice(0, 8)),
-                    size: bytes.length, width: img.naturalWidth, height: img.naturalHeight};
-        }""", f"get-artifact?path=samples/final.png&run_uuid={trial.info.run_id}")
+        fetched = page.evaluate(FETCH_IMAGE,
+                                f"get-artifact?path=samples/final.png&run_uuid={trial.info.run_id}")
+        # the slider's last step: the final picture too, as large
+        steps = [a.path for a in client.list_artifacts(trial.info.run_id, "images")
+                 if a.path.endswith(".png")]
+        last = max(steps, key=lambda path: int(path.split("+")[2]))
+        last_step = page.evaluate(FETCH_IMAGE,
+                                  f"get-artifact?path={quote(last)}&run_uuid={trial.info.run_id}")
+    assert last_step["status"] == 200 and last_step["width"] >= 600, (last, last_step)
 
     assert shown[0] > 0 and shown[1] > 0, shown
     assert fetched["status"] == 200, fetched
     assert bytes(fetched["head"]) == b"\x89PNG\r\n\x1a\n", fetched
     assert fetched["width"] > 0 and fetched["height"] > 0, fetched
     assert (fetched["width"], fetched["height"]) == tuple(shown)
+    assert fetched["width"] >= 600, fetched  # large enough to see the modes
     local = Path(client.download_artifacts(trial.info.run_id, "samples/final.png",
                                            str(tmp_path)))
     assert fetched["size"] == local.stat().st_size
@@ -270,6 +298,87 @@ def test_optuna_dashboard_serves_the_study(smoke_store: tuple[str, str, Path],
             # "History" label too, hence the heading role).
             page.get_by_role("heading", name="History", exact=True).wait_for()
             page.locator(".js-plotly-plot").first.wait_for()
+            # the objective by its metric's name (study.set_metric_names), not "Objective 0"
+            page.get_by_text("val/fid").first.wait_for()
             page.screenshot(path=ARTIFACTS_DIR / "dashboard-study.png")
     finally:
+        dashboard.stop()
+
+
+TWO_OBJECTIVES = """
+description: two objectives for the browser test
+base:
+  data: {name: grid25, n_points: 1024}
+  model: {g_hidden: [16], d_hidden: [16]}
+  train: {batch_size: 128, steps_per_epoch: 4, log_every_n_steps: 4, sample_every_n_epochs: 2}
+  eval: {n_samples: 200, metrics: [modes_covered, high_quality, reverse_kl, pacgan_score]}
+budget: {n_trials: 4, epochs: 2}
+objectives:
+  - {metric: val/pacgan_score, direction: maximize, last_k: 1}
+  - {metric: cost/g_params, direction: minimize}
+sampler: {name: random, seed: 0}
+search_space:
+  model.g_layers: {type: int, low: 1, high: 2}
+  model.g_width: {type: categorical, choices: [8, 16, 32]}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_pareto_front_in_mlflow_and_optuna_dashboard(chromium_path: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A two-objective study: the parent run's plots/pareto_front.html renders as Optuna's
+    plotly chart in the MLflow UI, and optuna-dashboard shows the front under the objectives'
+    metric names (not "Objective 0")."""
+    from pipeline.study.spec import parse_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = tmp_path / "optuna.journal"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    no_telemetry(monkeypatch)
+    summary = run_sweep(parse_study(TWO_OBJECTIVES, default_name="front"), storage=str(journal),
+                        progress=False)
+    assert summary.front
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_run(summary.parent_run_id).info.experiment_id
+    for stale in ("mlflow-pareto.png", "dashboard-pareto.png", "pareto-failure.png"):
+        (ARTIFACTS_DIR / stale).unlink(missing_ok=True)
+
+    port = free_port()
+    ui = Service("MLflow UI", [PYTHON, "-m", "pipeline", "ui", "--port", str(port)],
+                 log=tmp_path / "mlflow-ui.log", cwd=tmp_path,
+                 env=child_env(MLFLOW_TRACKING_URI=uri))
+    dport = free_port()
+    dashboard = Service("optuna-dashboard", [PYTHON, "-m", "pipeline", "dashboard", "--storage",
+                                             str(journal), "--port", str(dport)],
+                        log=tmp_path / "dashboard.log", cwd=tmp_path, env=child_env())
+    try:
+        url, durl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{dport}"
+        ui.wait_http(f"{url}/health", timeout=240)
+        dashboard.wait_http(f"{durl}/api/studies", timeout=120)
+        with local_page(chromium_path, ARTIFACTS_DIR / "pareto-failure.png") as page:
+            # MLflow previews an .html artifact in a sandboxed iframe: Optuna's plotly page
+            page.goto(f"{url}/#/experiments/{experiment}/runs/{summary.parent_run_id}"
+                      f"/artifacts/plots/pareto_front.html")
+            frame = page.locator("iframe").first
+            frame.wait_for()
+            page.frame_locator("iframe").first.locator(".js-plotly-plot").first.wait_for()
+            inner = page.frame_locator("iframe").first.locator(".js-plotly-plot").first
+            points = inner.locator(".scatterlayer .point").count()
+            title = inner.locator(".gtitle").first.text_content()
+            page.screenshot(path=ARTIFACTS_DIR / "mlflow-pareto.png")
+            assert points >= len(summary.front), points
+            assert "Pareto" in (title or ""), title
+
+            with urllib.request.urlopen(f"{durl}/api/studies", timeout=30) as response:
+                study_id = json.load(response)["study_summaries"][0]["study_id"]
+            page.goto(f"{durl}/dashboard/studies/{study_id}")
+            page.get_by_text(f"front (id={study_id})", exact=True).first.wait_for()
+            page.get_by_role("heading", name="Pareto Front", exact=True).wait_for()
+            page.locator(".js-plotly-plot").first.wait_for()
+            page.get_by_text("val/pacgan_score").first.wait_for()
+            assert page.get_by_text("Objective 0").count() == 0
+            page.screenshot(path=ARTIFACTS_DIR / "dashboard-pareto.png")
+    finally:
+        ui.stop()
         dashboard.stop()

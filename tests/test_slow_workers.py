@@ -65,7 +65,8 @@ def test_two_workers_share_one_journal(tmp_path: Path, store_uri: str,
     assert parent_id == summary.parent_run_id
     parent = client.get_run(parent_id)
     assert parent.info.status == "FINISHED"
-    assert parent.info.run_name == "study smoke"
+    best = study.best_trial
+    assert parent.info.run_name == f"best fid {best.value:.4g} · trial {best.number} · study smoke"
     counts = {k: int(v) for k, v in parent.data.tags.items() if k.startswith("n_")}
     assert counts["n_complete"] + counts["n_pruned"] == len(done)
     assert counts["n_running"] == counts["n_fail"] == 0

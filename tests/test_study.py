@@ -192,10 +192,22 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
     study = optuna.load_study(study_name="smoke", storage=open_storage(storage))
     assert len(finished_trials(study)) == 4
     assert summary.n_finished == 4 and summary.n_running == 0
-    assert summary_lines(summary)[0].startswith("study smoke: 4 finished trials in ")
+    counts = summary.counts
+    assert counts["complete"] + counts["pruned"] == 4 and counts["fail"] == 0
+    lines = summary_lines(summary)
+    assert lines[0].startswith(f"study smoke: 4 finished trials ({counts['complete']} complete, "
+                               f"{counts['pruned']} pruned, 0 failed) in ")
+    assert lines[1] == "objective: minimize val/fid"
+    assert any(line.startswith("  runs: http://127.0.0.1:5000/#/experiments/") for line in lines)
     # another machine's last trial, still running when this one stops, is named as such
     assert summary_lines(dataclasses.replace(summary, n_running=1))[0].startswith(
-        "study smoke: 4 finished trials (1 still running in other processes) in ")
+        f"study smoke: 4 finished trials ({counts['complete']} complete, {counts['pruned']} "
+        f"pruned, 0 failed) (1 still running in other processes) in ")
+    # run again: nothing to do, said at once, without starting a worker
+    again = run_sweep(defn, storage=storage, progress=False)
+    assert again.already_complete and again.seconds < 10
+    assert summary_lines(again)[0].startswith("study smoke already complete (4 trials: ")
+    assert "use TRIALS=N (--trials N) to add more" in summary_lines(again)[0]
     states = [t.state for t in study.trials]
     assert states[:2] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
 
@@ -217,14 +229,23 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
         if trial.state == optuna.trial.TrialState.PRUNED:
             assert run.info.status == "FINISHED"  # stopped on purpose: no crash's red cross
             assert run.data.tags["optuna_state"] == "PRUNED"
+            # told apart by name in the table, where the name column shows ~20 characters
+            assert run.info.run_name.startswith(f"trial-{trial.number:03d} [pruned] ")
             # metrics kept (the pruner saw them as float32)
             assert run.data.metrics["val/fid"] == pytest.approx(trial.intermediate_values[0])
         else:
             assert trial.state == optuna.trial.TrialState.COMPLETE
             assert run.info.status == "FINISHED"
             assert run.data.metrics["objective"] == pytest.approx(trial.value)
+            assert run.info.run_name.endswith(f" = {trial.value:.4g}")
+        # what differs between trials: the sampled values, e.g. g_lr=0.00032
+        assert f"g_lr={trial.params['train.g_lr']:.2g}" in run.info.run_name
 
     best = study.best_trial
+    assert parent.info.run_name == f"best fid {best.value:.4g} · trial {best.number} · study smoke"
+    assert parent.data.tags["study_state"] == "finished"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert set(parent.data.metrics) == {"best_value"}  # counts are tags, not metric charts
     assert parent.data.tags["best_trial"] == str(best.number)
@@ -311,7 +332,7 @@ def test_workers_marking_the_best_run_at_once(tmp_path: Path) -> None:
 
     def report(best: str) -> None:
         try:
-            parent_run.mark_best(MlflowClient(tracking_uri=uri), experiment, parent, best)
+            parent_run.mark_runs(MlflowClient(tracking_uri=uri), experiment, parent, "best", [best])
         except BaseException as exc:
             errors.append(exc)
 

@@ -65,10 +65,17 @@ def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> Non
 
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "samples")}
     assert artifacts == {"samples/final.png"}
-    # Step-indexed pictures (the UI's slider): one per epoch (sample_every_n_epochs=1).
+    from PIL import Image
+
+    final = Image.open(client.download_artifacts(result.run_id, "samples/final.png",
+                                                 str(tmp_path)))
+    assert final.width >= 600  # large enough to see a grid's modes
+    # Step-indexed pictures (the UI's slider): the untrained G at step 0 (no empty first
+    # frame), then one per epoch (sample_every_n_epochs=1); the last is not logged twice.
     images = [a.path for a in client.list_artifacts(result.run_id, "images")
               if a.path.endswith(".png")]
-    assert sorted(p.split("+")[:3] for p in images) == [["images/samples", "step", "1"],
+    assert sorted(p.split("+")[:3] for p in images) == [["images/samples", "step", "0"],
+                                                        ["images/samples", "step", "1"],
                                                         ["images/samples", "step", "2"]]
     model_files = {a.path for a in client.list_artifacts(result.run_id, "model")}
     assert model_files == {"model/generator.pt", "model/discriminator.pt",

@@ -336,6 +336,9 @@ def _dcr(ref: Reference) -> Scorer:
 
 FAMILIES: tuple[Family, ...] = (
     Family((Metric("fid", "lower", main=True),), _any, _fid),
+    # KID: torchmetrics' unbiased estimate of MMD^2 (cubic polynomial kernel), the mean over
+    # KID_SUBSETS subsets, reported raw, not x1000 as papers often print it. Being unbiased it
+    # can come out slightly below 0 when the two sets are alike: near 0 means indistinguishable.
     Family((Metric("kid", "lower"),), _any, _kid),
     Family((Metric("precision", "higher"), Metric("recall", "higher"),
             Metric("density", "higher"), Metric("coverage", "higher")), _any, _prdc),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as L
@@ -17,11 +17,18 @@ import optuna
 
 from pipeline.config import Config
 from pipeline.config_load import config_from_dict
-from pipeline.metrics.registry import EVAL_SECONDS, VAL_PREFIX
+from pipeline.metrics.registry import EVAL_SECONDS, MAIN_METRICS, VAL_PREFIX, val_key
 from pipeline.study.space import sample
 from pipeline.study.spec import StudyDefinition
-from pipeline.study.store import ERROR_ATTR, OWNER_ATTR, RUN_ATTR, TRIAL_RUN_ATTR, this_worker
-from pipeline.tracking import Ending, mlflow_run
+from pipeline.study.store import (
+    ERROR_ATTR,
+    OWNER_ATTR,
+    RUN_ATTR,
+    SCORES_ATTR,
+    TRIAL_RUN_ATTR,
+    this_worker,
+)
+from pipeline.tracking import Ending, get_client, mlflow_run
 
 if TYPE_CHECKING:
     import lightning.pytorch as L
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
 # A pruned trial did what it was asked: stopped early on purpose. It ends FINISHED (not with
 # the red cross of a crash) and its tag says why.
 PRUNED = Ending("FINISHED", {"optuna_state": "PRUNED"})
+Value = float | list[float]  # one objective's value, or several objectives' values in order
 
 
 class Objective:
@@ -43,16 +51,35 @@ class Objective:
         self.device = device
         self.callbacks = tuple(callbacks)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> Value:
         trial.set_user_attr(OWNER_ATTR, this_worker())  # so a resume can tell it died
         try:
-            return self._run(trial)
+            values = self._run(trial)
         except Exception as exc:
-            if not isinstance(exc, optuna.TrialPruned):  # kept for the failure message
+            pruned = isinstance(exc, optuna.TrialPruned)
+            if not pruned:  # kept for the failure message
                 trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:1000])
+            self.rename(trial, lambda name: mark(name, "[pruned]" if pruned else "[failed]"))
             raise
+        shown = values if isinstance(values, list) else [values]
+        self.rename(trial, lambda name: f"{name} = " + " / ".join(f"{v:.4g}" for v in shown))
+        return values
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def rename(self, trial: optuna.Trial, how: Callable[[str], str]) -> None:
+        """The trial's run name says how it ended: [pruned] or [failed] after the trial number
+        (the runs table's name column shows about 20 characters), or the objective's value at
+        the end, so the table tells them apart without a column (a pruned run ends FINISHED,
+        with the same green check as a complete one)."""
+        run_id = trial.user_attrs.get(TRIAL_RUN_ATTR) or trial.user_attrs.get(RUN_ATTR)
+        if not run_id:
+            return
+        try:
+            client = get_client(self.uri)
+            client.update_run(run_id, name=how(client.get_run(run_id).info.run_name))
+        except Exception:  # a name is a courtesy: never fail a trial over it
+            return
+
+    def _run(self, trial: optuna.Trial) -> Value:
         if self.defn.spec.objective.seeds > 1:
             return self._run_seeds(trial)
         from optuna_integration import PyTorchLightningPruningCallback
@@ -62,24 +89,24 @@ class Objective:
 
         cfg, sampled = self.trial_config(trial)
         prepared = prepare(cfg, device=self.device)
-        metric = self.defn.spec.objective.metric
-        with prepared.run(run_name=trial_run_name(trial.number, cfg),
+        # Reports every evaluation to Optuna (the dashboard's intermediate values) and asks the
+        # pruner, which never prunes when it is "none"; Optuna cannot prune several objectives.
+        pruning = [] if self.defn.multi_objective else [
+            PyTorchLightningPruningCallback(trial, monitor=self.defn.spec.objective.metric)]
+        with prepared.run(run_name=trial_run_name(trial.number, sampled),
                           parent_run_id=self.parent_run_id,
                           tags={"optuna_study": self.defn.name, "optuna_trial": trial.number},
                           ended_by={optuna.TrialPruned: PRUNED}) as run:
             trial.set_user_attr(RUN_ATTR, run.run_id)
             run.log_params({f"sampled.{k}": v for k, v in sampled.items()})
-            # Reports every evaluation to Optuna (the dashboard's intermediate values) and asks
-            # the pruner, which never prunes when it is "none".
-            result = train(prepared, run, callbacks=[
-                PyTorchLightningPruningCallback(trial, monitor=metric), *self.callbacks])
-            value = objective_value(result.history.get(metric, []), metric,
-                                    self.defn.spec.objective.last_k)
-            run.log_metrics({"objective": value}, step=result.epochs_evaluated[-1])
+            result = train(prepared, run, callbacks=[*pruning, *self.callbacks])
+            scores = trial_scores(self.defn, result.history, result.costs)
+            values = self.finish(trial, scores)
+            run.log_metrics(self.defn.objective_metrics(values), step=result.epochs_evaluated[-1])
             run.set_tags({"optuna_state": "COMPLETE"})
-        return value
+        return values[0] if len(values) == 1 else values
 
-    def _run_seeds(self, trial: optuna.Trial) -> float:
+    def _run_seeds(self, trial: optuna.Trial) -> Value:
         """The sampled configuration on ``objective.seeds`` seeds: the trial's run, one child
         run per seed (each a whole training, with its own model, pictures and metrics, which
         the UI compares side by side; one run holding every seed's curves would overlay them
@@ -91,10 +118,10 @@ class Objective:
         spec = self.defn.spec.objective
         cfg, sampled = self.trial_config(trial)
         tags = {"optuna_study": self.defn.name, "optuna_trial": trial.number}
-        values: list[float] = []
+        per_seed: list[dict[str, float]] = []
         histories: list[list[float]] = []
         with mlflow_run(self.uri, cfg.tracking.experiment,
-                        run_name=trial_run_name(trial.number, cfg),
+                        run_name=trial_run_name(trial.number, sampled),
                         parent_run_id=self.parent_run_id,
                         tags={**tags, "objective_seeds": spec.seeds},
                         ended_by={optuna.TrialPruned: PRUNED}) as trial_run:
@@ -103,26 +130,49 @@ class Objective:
             for i in range(spec.seeds):
                 seed = cfg.train.seed + i
                 prepared = prepare(with_seed(cfg, seed), device=self.device)
-                pruning = SeedsPruning(trial, spec.metric, histories, spec.aggregate,
-                                       spec.direction, step_offset=i * cfg.train.epochs)
+                pruning = [] if self.defn.multi_objective else [
+                    SeedsPruning(trial, spec.metric, histories, spec.aggregate, spec.direction,
+                                 step_offset=i * cfg.train.epochs)]
                 with prepared.run(run_name=f"trial-{trial.number:03d} seed {seed}",
                                   parent_run_id=trial_run.run_id,
                                   tags={**tags, "objective_seed": seed},
                                   ended_by={optuna.TrialPruned: PRUNED}) as run:
                     if i == 0:
                         trial.set_user_attr(RUN_ATTR, run.run_id)
-                    result = train(prepared, run, callbacks=[pruning, *self.callbacks])
-                    values.append(objective_value(result.history.get(spec.metric, []),
-                                                  spec.metric, spec.last_k))
-                    run.log_metrics({"objective": values[-1]}, step=result.epochs_evaluated[-1])
+                    result = train(prepared, run, callbacks=[*pruning, *self.callbacks])
+                    per_seed.append(trial_scores(self.defn, result.history, result.costs))
+                    run.log_metrics(self.defn.objective_metrics([
+                        per_seed[-1][m] for m in self.defn.metrics]),
+                        step=result.epochs_evaluated[-1])
                     run.set_tags({"optuna_state": "COMPLETE"})
                 histories.append(result.history.get(spec.metric, []))
-            value = aggregate(values, spec.aggregate, spec.direction)
-            trial_run.log_metrics({"objective": value, "objective_seed_spread":
-                                   max(values) - min(values)}, step=cfg.train.epochs)
+            scores = {key: self.over_seeds(key, [s[key] for s in per_seed])
+                      for key in per_seed[0] if all(key in s for s in per_seed)}
+            values = self.finish(trial, scores)
+            first = [s[spec.metric] for s in per_seed]
+            trial_run.log_metrics({**self.defn.objective_metrics(values),
+                                   "objective_seed_spread": max(first) - min(first)},
+                                  step=cfg.train.epochs)
             trial_run.set_tags({"optuna_state": "COMPLETE",
-                                "objective_per_seed": ", ".join(f"{v:.6g}" for v in values)})
-        return value
+                                "objective_per_seed": ", ".join(f"{v:.6g}" for v in first)})
+        return values[0] if len(values) == 1 else values
+
+    def finish(self, trial: optuna.Trial, scores: dict[str, float]) -> list[float]:
+        """The values Optuna gets, in the objectives' order; the scores kept with the trial
+        (for ``--pick`` and compare) and the constraints' violations set on it."""
+        trial.set_user_attr(SCORES_ATTR, scores)
+        for condition in self.defn.constraints:
+            trial.set_constraint(str(condition), condition.violation(scores[condition.metric]))
+        return [scores[metric] for metric in self.defn.metrics]
+
+    def over_seeds(self, key: str, values: list[float]) -> float:
+        """A score over the trial's seeds: an objective's by ``objective.aggregate`` in its own
+        direction; any other score (a constraint's metric, a cost) by the plain mean."""
+        how = self.defn.spec.objective.aggregate
+        for objective in self.defn.objectives:
+            if objective.metric == key:
+                return aggregate(values, how, objective.direction)
+        return aggregate(values, "mean", "maximize")
 
     def trial_config(self, trial: optuna.Trial) -> tuple[Config, dict[str, Any]]:
         """The study's base config with the trial's sampled values, run as a worker runs it."""
@@ -130,10 +180,37 @@ class Objective:
         nested["train"].update(progress_bar=False, threads=self.threads)
         nested["tracking"]["tracking_uri"] = self.uri
         # The objective's metric at every evaluation, light ones too: the pruner reads it.
-        objective_name = self.defn.spec.objective.metric.removeprefix(VAL_PREFIX)
-        if objective_name != EVAL_SECONDS and objective_name not in nested["eval"]["always"]:
-            nested["eval"]["always"] = [*nested["eval"]["always"], objective_name]
+        metric = self.defn.spec.objective.metric
+        name = metric.removeprefix(VAL_PREFIX)
+        if (metric.startswith(VAL_PREFIX) and name != EVAL_SECONDS
+                and name not in nested["eval"]["always"]):
+            nested["eval"]["always"] = [*nested["eval"]["always"], name]
         return config_from_dict(nested), sampled
+
+
+def trial_scores(defn: StudyDefinition, history: dict[str, list[float]],
+                 costs: dict[str, float]) -> dict[str, float]:
+    """What a trial is judged by: every objective (its ``last_k`` mean, or a cost), every
+    constraint's metric and the main metrics (the first objective's ``last_k`` mean), and the
+    costs. A missing or non-finite objective or constraint raises ObjectiveError."""
+    last_k = defn.spec.objective.last_k
+    wanted = {o.metric: o.last_k for o in defn.objectives}
+    for c in defn.constraints:
+        wanted.setdefault(c.metric, last_k)
+    scores = {k: v for k, v in costs.items() if math.isfinite(v)}
+    for name in MAIN_METRICS:
+        key = val_key(name)
+        if history.get(key) and key not in wanted:
+            last = history[key][-last_k:]
+            if all(math.isfinite(v) for v in last):
+                scores[key] = sum(last) / len(last)
+    for metric, k in wanted.items():
+        if metric in costs:
+            if not math.isfinite(costs[metric]):
+                raise ObjectiveError(f"objective {metric} is {costs[metric]}")
+            continue
+        scores[metric] = objective_value(history.get(metric, []), metric, k)
+    return scores
 
 
 def objective_value(history: list[float], metric: str, last_k: int) -> float:
@@ -197,11 +274,28 @@ class ObjectiveError(RuntimeError):
     """A trial whose objective is missing or not a finite number: it fails."""
 
 
-def trial_run_name(number: int, cfg: Config) -> str:
-    m, t = cfg.model, cfg.train
+def mark(name: str, state: str) -> str:
+    """``trial-003 G 32 ...`` -> ``trial-003 [pruned] G 32 ...``."""
+    number, _, rest = name.partition(" ")
+    return f"{number} {state} {rest}".rstrip()
 
-    def arch(widths: list[int]) -> str:
-        return "x".join(map(str, widths))
 
-    return (f"trial-{number:03d} G{arch(m.g_hidden)} D{arch(m.d_hidden)} {m.activation} "
-            f"{t.loss} lr{t.g_lr:.0e}/{t.d_lr:.0e}")
+RUN_NAME_CHARS = 110  # the runs table's name column shows about this much at its widest
+
+
+def trial_run_name(number: int, sampled: dict[str, Any]) -> str:
+    """What differs between a study's trials: the trial number, then its sampled values
+    (``G 128x64`` for sampled layer widths, ``g_lr=3.2e-04``), shortened; the fixed base
+    config is the same for every run and left out."""
+    parts: list[str] = []
+    widths: dict[str, list[str]] = {}
+    for key, value in sampled.items():
+        name = key.split(".", 1)[-1]
+        net, _, index = name.partition("_width_")
+        if index.isdigit():
+            widths.setdefault(net, []).append(str(value))
+        elif name not in ("g_layers", "d_layers"):
+            parts.append(f"{name}={value:.2g}" if isinstance(value, float) else f"{name}={value}")
+    nets = [f"{net.upper()} {'x'.join(w)}" for net, w in widths.items()]
+    text = " ".join([f"trial-{number:03d}", *nets, *parts])
+    return text if len(text) <= RUN_NAME_CHARS else text[:RUN_NAME_CHARS - 1] + "…"

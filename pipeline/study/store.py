@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 RUN_ATTR = "mlflow_run_id"  # trial attribute: the trial's MLflow run (its first seed's)
 TRIAL_RUN_ATTR = "mlflow_trial_run_id"  # with objective.seeds > 1: the run holding the seeds
 ERROR_ATTR = "error"  # trial attribute: why a failed trial failed
+# trial attribute: the trial's scores (objectives, constraints, main metrics, costs) as Optuna
+# saw them: the mean of each val/ metric's last_k evaluations; what export's --pick reads
+SCORES_ATTR = "scores"
 OWNER_ATTR = "worker"  # trial attribute: host, pid and start time of the process running it
 # Optuna's heartbeat for database storages: a trial whose worker stopped beating for GRACE
 # seconds (another machine died, say) is failed by whichever worker notices first.
@@ -318,13 +322,17 @@ def create_or_load(
             storage=open_storage(storage, create=True, on_stale=on_stale),
             sampler=defn.spec.sampler.build(),
             pruner=defn.spec.pruner.build(),
-            direction=defn.spec.objective.direction,
+            directions=defn.directions,
         )
         try:
             study, created = optuna.create_study(**kwargs), True
         except optuna.exceptions.DuplicatedStudyError:
             study, created = optuna.load_study(**{k: v for k, v in kwargs.items()
-                                                  if k != "direction"}), False
+                                                  if k != "directions"}), False
+        if created:  # optuna-dashboard then names the objectives ("val/fid", not "Objective 0")
+            with warnings.catch_warnings():  # "experimental since v3.2": it is what names them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(defn.metrics)
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, defn.text)
@@ -346,10 +354,10 @@ def check_same_study(study: optuna.Study, new: StudyDefinition, old: StudyDefini
     changes = study_changes(old, new)
     if not changes:
         return
-    if old.spec.objective.direction != new.spec.objective.direction:
-        raise ConfigError(f"study {new.name}: the objective's direction changed "
-                          f"({old.spec.objective.direction} -> {new.spec.objective.direction}),"
-                          f" which a study cannot do; give the study a new name")
+    if old.directions != new.directions:
+        raise ConfigError(f"study {new.name}: the objectives' directions changed "
+                          f"({', '.join(old.directions)} -> {', '.join(new.directions)}), "
+                          f"which a study cannot do; give the study a new name")
     if not allow_changes:
         raise ConfigError(f"study {new.name} was created from a different study file: "
                           f"{'; '.join(changes)}. Resume with --allow-changes to accept them, "
@@ -429,7 +437,22 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best trial of a one-objective study; None before any completes, and always for a
+    multi-objective study, which has a front instead (``pareto_front``)."""
+    if len(study.directions) > 1:
+        return None
     try:
         return study.best_trial
     except ValueError:  # no complete trial yet
         return None
+
+
+def pareto_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The complete trials no other dominates (feasible ones only, when the study has
+    constraints), sorted by the first objective, best first; a one-objective study's front is
+    its best trial."""
+    if len(study.directions) == 1:
+        best = best_trial(study)
+        return [] if best is None else [best]
+    sign = 1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1.0
+    return sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))

@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 import torch
@@ -36,6 +36,7 @@ from pipeline.study.store import (
     create_or_load,
     fail_dead_trials,
     finished_trials,
+    pareto_front,
     storage_url,
     this_worker,
 )
@@ -114,6 +115,13 @@ class SweepSummary:
     # RUNNING when this command's workers are done: another machine's last trials (the trial
     # budget counts them, so this machine did not start more), or a dead worker's leftovers
     n_running: int = 0
+    objectives: str = ""  # "maximize val/pacgan_score, minimize cost/g_params"
+    counts: dict[str, int] = field(default_factory=dict)  # complete, pruned, fail
+    front: list[optuna.trial.FrozenTrial] = field(default_factory=list)  # several objectives
+    metrics: list[str] = field(default_factory=list)  # the objectives' metrics, in order
+    directions: list[str] = field(default_factory=list)  # and their directions
+    already_complete: bool = False  # the study held its trials before: nothing was run
+    links: dict[str, str] = field(default_factory=dict)  # name -> MLflow UI address
 
 
 STOPPED_EXIT = 3  # a worker's exit code when it was stopped by a signal, not by an error
@@ -155,6 +163,11 @@ def run_sweep(
             for i in range(workers)]
 
     client = get_client(uri)
+    RunLogger(client, parent).set_tags({"study_state": "running"})
+    if len(finished_trials(study)) >= target:
+        # nothing to run: say so at once, without starting workers (which cost seconds each)
+        close_run(RunLogger(client, parent), "FINISHED", {"study_state": "finished"})
+        return summarize(study, defn, parent, uri, start, already_complete=True)
     monitor = Progress(study, target) if progress else None
     try:
         with interrupt.stop_on_signals():
@@ -162,8 +175,11 @@ def run_sweep(
                 worker_main(args[0])
             else:
                 run_workers(args, defn.name)
-    except KeyboardInterrupt:
-        close_run(RunLogger(client, parent), "KILLED", {"stopped": "signal"})
+    except KeyboardInterrupt as exc:
+        close_run(RunLogger(client, parent), "KILLED", {
+            "stopped": "signal", "study_state": "stopped, resumable",
+            "killed_reason": f"stopped by {exc or 'Ctrl-C'}; run the same command again to "
+                             f"resume the study"})
         raise
     except BaseException as exc:
         close_run(RunLogger(client, parent), "FAILED", {"error": f"{type(exc).__name__}: {exc}"})
@@ -173,13 +189,42 @@ def run_sweep(
             monitor.close()
     failure = guard.verdict(study)
     if failure is not None:
-        close_run(RunLogger(client, parent), "FAILED", {"error": failure})
+        close_run(RunLogger(client, parent), "FAILED", {"error": failure,
+                                                         "study_state": "failed"})
         raise SweepError(failure)
-    client.set_terminated(parent, "FINISHED")
+    close_run(RunLogger(client, parent), "FINISHED", {"study_state": "finished"})
+    return summarize(study, defn, parent, uri, start)
+
+
+def summarize(study: optuna.Study, defn: StudyDefinition, parent: str, uri: str, start: float,
+              *, already_complete: bool = False) -> SweepSummary:
+    from pipeline.study.parent_run import objectives_text
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials)
+              for state in optuna.trial.TrialState}
     best = best_trial(study)
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    return SweepSummary(defn.name, len(finished_trials(study)), best, parent, time.time() - start,
-                        len(running))
+    experiment = get_client(uri).get_run(parent).info.experiment_id
+    links = ui_links(experiment, parent, best.user_attrs.get(RUN_ATTR) if best else None)
+    return SweepSummary(
+        defn.name, len(finished_trials(study)), best, parent, time.time() - start,
+        counts["running"], objectives_text(defn), counts, pareto_front(study), defn.metrics,
+        defn.directions, already_complete, links)
+
+
+def ui_links(experiment_id: str, parent: str, best_run: str | None) -> dict[str, str]:
+    """Direct MLflow UI addresses. MLflow 3's UI starts in its GenAI mode (traces, an
+    assistant); ``workflowType=machine_learning`` switches it to model training, and it keeps
+    that mode for the browser afterwards."""
+    base = f"{UI_ADDRESS}/#/experiments/{experiment_id}"
+    links = {"runs": f"{base}/runs{ML_MODE}", "parent run": f"{base}/runs/{parent}{ML_MODE}"}
+    if best_run:
+        links["best run"] = f"{base}/runs/{best_run}{ML_MODE}"
+    return links
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # `make ui`'s default
+ML_MODE = "?workflowType=machine_learning"
 
 
 class StaleRunCloser:
@@ -225,8 +270,17 @@ def run_workers(args: list[WorkerArgs], study_name: str) -> None:
              for a in args]
     stopped = None
     try:
-        for p in procs:
-            p.start()
+        # Started with SIGINT ignored (inherited through spawn's exec): a Ctrl-C while a worker
+        # still imports torch would print its traceback; this process gets the Ctrl-C and
+        # stops the workers with SIGTERM. A worker sets its own handlers once it runs.
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            if main:
+                signal.signal(signal.SIGINT, previous)
         running = list(procs)
         while running and not stopped:
             multiprocessing.connection.wait([p.sentinel for p in running], timeout=1.0)
@@ -380,9 +434,14 @@ class Progress:
     def _update(self) -> None:
         done = len(finished_trials(self.study))
         self.bar.n = min(done, self.bar.total)
-        best = best_trial(self.study)
-        self.bar.set_postfix_str("best: -" if best is None else
-                                 f"best {best.value:.4g} (trial {best.number})", refresh=False)
+        if len(self.study.directions) > 1:
+            front = pareto_front(self.study)
+            self.bar.set_postfix_str(f"Pareto front: {len(front)} trials", refresh=False)
+        else:
+            best = best_trial(self.study)
+            self.bar.set_postfix_str("best: -" if best is None else
+                                     f"best {best.value:.4g} (trial {best.number})",
+                                     refresh=False)
         self.bar.refresh()
 
     def _run(self) -> None:
@@ -399,17 +458,48 @@ class Progress:
         self.bar.close()
 
 
+def example_pick(summary: SweepSummary) -> str:
+    """A --pick rule for this front: the best second objective with the first at least as good
+    as the front's middle member's."""
+    first, second = summary.metrics[0], summary.metrics[1]
+    middle = summary.front[len(summary.front) // 2].values[0]
+    best = "smallest" if summary.directions[1] == "minimize" else "largest"
+    op = ">=" if summary.directions[0] == "maximize" else "<="
+    return f"{best} {second} with {first} {op} {middle:.3g}"
+
+
 def summary_lines(summary: SweepSummary) -> list[str]:
     running = f" ({summary.n_running} still running in other processes)" \
         if summary.n_running else ""
-    lines = [f"study {summary.study_name}: {summary.n_finished} finished trials{running} in "
-             f"{summary.seconds:.0f} s; MLflow parent run {summary.parent_run_id}"]
+    c = summary.counts
+    counts = (f"{c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, "
+              f"{c.get('fail', 0)} failed" if c else "")
+    if summary.already_complete:
+        lines = [f"study {summary.study_name} already complete ({summary.n_finished} trials"
+                 f"{': ' + counts if counts else ''}); use TRIALS=N (--trials N) to add more"]
+    else:
+        lines = [f"study {summary.study_name}: {summary.n_finished} finished trials"
+                 f"{' (' + counts + ')' if counts else ''}{running} in {summary.seconds:.0f} s"]
+    lines.append(f"objective: {summary.objectives}" if summary.objectives else "")
     best = summary.best_trial
-    if best is None:
+    if summary.front and len(summary.metrics) > 1:
+        lines.append(f"Pareto front: {len(summary.front)} trials (MLflow tag pareto=true)")
+        for t in summary.front:
+            values = ", ".join(f"{m} {v:.4g}" for m, v in zip(summary.metrics, t.values,
+                                                                strict=True))
+            lines.append(f"  trial {t.number}: {values}")
+        lines.append(f"export one: make export STUDY={summary.study_name} "
+                     f"PICK='{example_pick(summary)}' (or TRIAL=N)")
+    elif best is None:
         lines.append("no trial completed")
     else:
         lines.append(f"best trial {best.number}: objective {best.value:.6g}, MLflow run "
                      f"{best.user_attrs.get(RUN_ATTR, '?')}")
         lines += [f"  {k} = {v}" for k, v in sorted(best.params.items())]
-    lines.append("browse: make ui  (MLflow UI at http://127.0.0.1:5000)")
-    return lines
+    lines.append(f"MLflow parent run {summary.parent_run_id}")
+    if summary.links:
+        lines.append("browse: make ui, then")
+        lines += [f"  {name}: {url}" for name, url in summary.links.items()]
+    else:
+        lines.append(f"browse: make ui  (MLflow UI at {UI_ADDRESS})")
+    return [line for line in lines if line]
