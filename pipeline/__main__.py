@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                      parser_class=Parser)
     for add in (add_train, add_sweep, add_evaluate, add_compare, add_export, add_reeval,
-                add_sample, add_tables, add_report, add_ui, add_dashboard, add_relocate):
+                add_sample, add_tables, add_report, add_ui, add_dashboard, add_relocate,
+                add_recover):
         add(commands)
     return dispatch(parser.parse_args(argv))
 
@@ -240,6 +241,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(text)
     for figure in figures:
         print(f"figure: {figure} (also logged to the study's MLflow run)", file=sys.stderr)
+    return 0
+
+
+def add_recover(commands: Commands) -> None:
+    p = commands.add_parser("recover", help="rebuild a study whose journal is damaged or lost "
+                                            "from its MLflow runs")
+    p.add_argument("--study", required=True, help="the study's name (a studies/*.yaml stem)")
+    p.add_argument("--storage", help="the journal file (default $OPTUNA_STORAGE, else "
+                                     "runs/optuna.journal); a damaged one is renamed aside")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild the study even though the journal is readable and holds it")
+    p.set_defaults(func=cmd_recover)
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    from pipeline.study.recover import recover, summary_line
+
+    print(summary_line(recover(args.study, args.storage, force=args.force), args.storage))
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import tempfile
 import textwrap
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from matplotlib.figure import Figure
 
 from pipeline.config import ConfigError
 from pipeline.metrics.registry import MAIN_METRICS, val_key
+from pipeline.study.choice import check_recorded
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study, pareto_front
 from pipeline.tracking import RunLogger, mask_secrets, open_store_for_reading, tracking_uri
 
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
 
 
 TABLE_WIDTH = 120  # a terminal's width: the table format wraps to it
-
-
-class DisagreementError(RuntimeError):
-    """Optuna's objective for a trial differs from the one its MLflow run recorded."""
 
 
 def ranked_trials(study: optuna.Study, defn: StudyDefinition
@@ -75,8 +71,7 @@ def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[
             metrics, run_id = {}, f"{run_id} (not in this MLflow store)"
         else:
             if trial.state == optuna.trial.TrialState.COMPLETE:
-                for key, value in defn.objective_metrics(values).items():
-                    check_agreement(trial.number, value, run_id, metrics.get(key))
+                check_recorded(trial, defn, client)
         row: dict[str, Any] = {"rank": rank, "trial": trial.number, "state": trial.state.name}
         if defn.multi_objective:
             row["pareto"] = "*" if on_front else ""
@@ -94,12 +89,6 @@ def top_trials(study: optuna.Study, defn: StudyDefinition, k: int) -> list[dict[
                           f"MLflow store {mask_secrets(client.tracking_uri)} (was it deleted or "
                           "replaced?)")
     return rows
-
-
-def check_agreement(number: int, value: float, run_id: str, recorded: float | None) -> None:
-    if recorded is None or not math.isclose(recorded, value, rel_tol=1e-6, abs_tol=1e-9):
-        raise DisagreementError(f"trial {number}: Optuna says {value}, its MLflow "
-                                f"run {run_id} says {recorded}")
 
 
 def format_rows(rows: Sequence[dict[str, Any]], fmt: str) -> str:

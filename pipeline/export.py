@@ -30,7 +30,7 @@ from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE, logged_model_id
 from pipeline.networks import Generator
 from pipeline.plots import figure_png, samples_png, table_figure
-from pipeline.study.choice import chosen_trial
+from pipeline.study.choice import check_recorded, chosen_trial
 from pipeline.study.store import RUN_ATTR, find_study
 from pipeline.tables.transform import TableTransformer
 from pipeline.tracking import open_store_for_reading, tracking_uri
@@ -71,6 +71,7 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
         raise ExportError(f"study {study_name}: the best trial's run {run_id} is not in the "
                           f"MLflow store {mask_secrets(uri)} (was the store deleted or "
                           f"replaced?)") from None
+    check_recorded(best, defn, client)  # before anything is registered or written
 
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -20,11 +20,12 @@ from mlflow.tracking import MlflowClient
 from slow_helpers import SMOKE
 
 from pipeline.__main__ import main
-from pipeline.compare import DisagreementError, compare, format_rows
+from pipeline.compare import compare, format_rows
 from pipeline.config import ConfigError
 from pipeline.config_load import load_config
 from pipeline.export import ExportError, export_best, load_export
 from pipeline.networks import Generator
+from pipeline.study.choice import DisagreementError
 from pipeline.study.spec import load_study_file
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SPEC_ATTR, open_storage
 from pipeline.study.sweep import run_sweep
@@ -94,6 +95,10 @@ def test_compare_detects_disagreement(study_env: dict[str, str], tmp_path: Path)
     try:
         with pytest.raises(DisagreementError, match=f"trial {best.number}"):
             compare("smoke", top=3, figure_path=tmp_path / "c.png")
+        # export refuses to ship (or register) a model whose value the store contradicts
+        with pytest.raises(DisagreementError, match=f"trial {best.number}"):
+            export_best("smoke", tmp_path / "x")
+        assert not (tmp_path / "x").exists()
     finally:
         client.log_metric(run_id, "objective", best.value, step=history[-1].step + 2)
 

@@ -31,8 +31,8 @@ FLOORS: list[list[str]] = [
     ["pipeline.readers", "pipeline.tables"],
     ["pipeline.dataset", "pipeline.errors", "pipeline"],
 ]
-STUDY_ORDER = ["conditions", "space", "spec", "store", "choice", "objective", "parent_run",
-               "sweep"]
+STUDY_ORDER = ["conditions", "space", "spec", "store", "choice", "recover", "objective",
+               "parent_run", "sweep"]
 
 
 def floor_of(module: str) -> int:
@@ -98,7 +98,10 @@ def _room(module: str) -> str:
 
 
 def test_compare_and_export_need_only_the_store() -> None:
+    """They read a finished study: its store and which trial to take, never the code that
+    runs trials (objective, parent_run, sweep import Lightning and start processes)."""
     for name in ("compare", "export"):
         study_imports = {t for t in imports(PROJECT_ROOT / "pipeline" / f"{name}.py")
                          if t.startswith("pipeline.study")}
-        assert study_imports == {"pipeline.study.store"}, study_imports
+        assert study_imports <= {"pipeline.study.store", "pipeline.study.choice"}, study_imports
+        assert "pipeline.study.store" in study_imports

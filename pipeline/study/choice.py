@@ -8,12 +8,21 @@ error that lists the front, so that the next command can name one.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import optuna
 
 from pipeline.errors import ConfigError
 from pipeline.study.conditions import parse_pick
 from pipeline.study.spec import StudyDefinition, study_metrics
-from pipeline.study.store import SCORES_ATTR, best_trial, pareto_front
+from pipeline.study.store import (
+    RUN_ATTR,
+    SCORES_ATTR,
+    TRIAL_RUN_ATTR,
+    best_trial,
+    pareto_front,
+)
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 
@@ -72,3 +81,22 @@ def front_text(study: optuna.Study, defn: StudyDefinition) -> str:
                                           zip(defn.metrics, t.values, strict=True)) + ")"
         for t in front)
     return f"its Pareto front: {members}"
+
+
+class DisagreementError(ConfigError):
+    """Optuna's value for a trial differs from the one its MLflow run recorded: the journal or
+    the store was damaged or replaced, so neither can be trusted to pick a model."""
+
+
+def check_recorded(trial: optuna.trial.FrozenTrial, defn: StudyDefinition, client: Any) -> None:
+    """A complete trial's values against its run's ``objective`` metrics (compare, export and
+    the ``best`` tag check them before they rank, ship or mark anything). With several seeds
+    per trial the values are on the trial's run, which holds the seeds' runs."""
+    run_id = trial.user_attrs.get(TRIAL_RUN_ATTR) or trial.user_attrs.get(RUN_ATTR, "")
+    metrics = client.get_run(run_id).data.metrics
+    for key, value in defn.objective_metrics(trial.values).items():
+        recorded = metrics.get(key)
+        if recorded is None or not math.isclose(recorded, value, rel_tol=1e-6, abs_tol=1e-9):
+            raise DisagreementError(f"trial {trial.number}: Optuna says {key} = {value}, its "
+                                    f"MLflow run {run_id} says {recorded}; was the journal or "
+                                    f"the MLflow store damaged or replaced?")

@@ -18,6 +18,7 @@ import optuna
 from matplotlib.figure import Figure
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from pipeline.study.choice import check_recorded
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import CREATED_ATTR, PARENT_ATTR, RUN_ATTR, best_trial, pareto_front
 from pipeline.tracking import RunLogger, get_client, start_run
@@ -113,7 +114,12 @@ def report(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) ->
     if best is not None:
         logger.log_metrics({"best_value": float(best.value)},  # type: ignore[arg-type]
                            step=n_finished)
-        mark_runs(client, experiment, run_id, "best", [tags["best_run_id"]])
+        try:  # a trial whose run contradicts Optuna is not marked best
+            check_recorded(best, defn, client)
+        except Exception as exc:
+            tags["best_check"] = f"best=true not moved: {exc}"
+        else:
+            mark_runs(client, experiment, run_id, "best", [tags["best_run_id"]])
     if defn.multi_objective:
         mark_runs(client, experiment, run_id, "pareto",
                   [t.user_attrs.get(RUN_ATTR, "") for t in front])

@@ -320,10 +320,8 @@ def study_changes(old: StudyDefinition, new: StudyDefinition) -> list[str]:
     """What differs between the definition a study was created from and a new one, in the parts
     that make trials comparable: the objective, the search space and the base config."""
     out = []
-    def brief(o: ObjectiveSpec) -> str:
-        return f"{o.direction} {o.metric} (last {o.last_k})"
-
-    before, after = [brief(o) for o in old.objectives], [brief(o) for o in new.objectives]
+    before = [f"{o.direction} {o.metric} (last {o.last_k})" for o in old.objectives]
+    after = [f"{o.direction} {o.metric} (last {o.last_k})" for o in new.objectives]
     if before != after:
         out.append(f"objectives {'; '.join(before)} -> {'; '.join(after)}")
     if old.constraints != new.constraints:

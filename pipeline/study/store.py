@@ -195,8 +195,10 @@ def check_journal(path: Path, *, mend: bool = False) -> None:
 def _damaged(path: Path, sweep: bool, what: str) -> str:
     then = "run the sweep again to start a new journal" if sweep else (
         "give the storage the study was run with")
-    return (f"--storage {path}: damaged journal: {what}; nothing was changed in it. Keep it "
-            f"aside (mv {path} {path}.damaged) and {then}; its trials' runs are still in MLflow")
+    return (f"--storage {path}: damaged journal: {what}; nothing was changed in it. Its "
+            f"trials' runs are still in MLflow: `python -m pipeline recover --study NAME "
+            f"--storage {path}` rebuilds a study from them (the file is kept, renamed); or keep "
+            f"it aside (mv {path} {path}.damaged) and {then}")
 
 
 def _cut_torn_tail(path: Path, whole: int) -> None:
