@@ -17,7 +17,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from pipeline.config import ConfigError
@@ -64,11 +64,23 @@ def positive_int(text: str) -> int:
     return value
 
 
-def port(text: str) -> int:
-    value = positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number up to 65535, got {value}")
-    return value
+# sample's bounds: 10 million rows of a 784-D image are 31 GB of float32; torch's seeds are
+# 64-bit
+MAX_SAMPLES = 10_000_000
+MAX_SEED = 2**63 - 1
+
+
+def bounded(kind: Callable[[str], int], most: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = kind(text)
+        if value > most:
+            raise argparse.ArgumentTypeError(f"expected at most {most:,}, got {value:,}")
+        return value
+
+    return parse
+
+
+port = bounded(positive_int, 65535)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,8 +338,10 @@ def cmd_reeval(args: argparse.Namespace) -> int:
 def add_sample(commands: Commands) -> None:
     p = commands.add_parser("sample", help="draw samples from an export folder")
     p.add_argument("export_dir", help="a folder written by export")
-    p.add_argument("-n", type=positive_int, default=1000, help="number of samples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default 0)")
+    p.add_argument("-n", type=bounded(positive_int, MAX_SAMPLES), default=1000,
+                   help=f"number of samples (default 1000, at most {MAX_SAMPLES:,})")
+    p.add_argument("--seed", type=bounded(non_negative_int, MAX_SEED), default=0,
+                   help="seed of the latent vectors (default 0)")
     p.add_argument("--out", required=True, help="where to write them: .npy, .csv or .png")
     p.set_defaults(func=cmd_sample)
 

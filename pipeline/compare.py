@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import tempfile
 import textwrap
 from collections.abc import Sequence
@@ -196,10 +197,11 @@ def compare(study_name: str, *, top: int = 5, fmt: str = "table", storage: str |
             figure_path: str | Path | None = None) -> tuple[str, Path]:
     if top < 1:
         raise ConfigError(f"--top {top}: expected at least 1")
+    path = Path(figure_path) if figure_path else Path("runs") / "compare" / f"{study_name}.png"
+    check_figure_path(path)  # before the study is read: a bad path is one line, nothing drawn
     study, defn = find_study(study_name, storage)
     rows = top_trials(study, defn, top)
     fig = comparison_figure(rows, defn)
-    path = Path(figure_path) if figure_path else Path("runs") / "compare" / f"{study_name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
     parent = study.user_attrs.get(PARENT_ATTR)
@@ -208,6 +210,20 @@ def compare(study_name: str, *, top: int = 5, fmt: str = "table", storage: str |
         RunLogger(client, parent).log_figure(fig, "comparison/top_trials.png")
     plt.close(fig)
     return format_rows(rows, fmt), path
+
+
+def check_figure_path(path: Path) -> None:
+    """The figure is a PNG: a file ending .png, not a folder, in a folder that can be made and
+    written (checked up to the nearest existing one)."""
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"--figure {path}: the figure is a PNG; give a path ending .png")
+    if path.is_dir():
+        raise ConfigError(f"--figure {path}: a folder; give a file path ending .png")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"--figure {path}: cannot write in {folder}")
 
 
 def compare_studies(names: Sequence[str], *, top: int = 5, fmt: str = "table",

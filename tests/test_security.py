@@ -516,3 +516,32 @@ def test_values_echoed_in_errors_are_cut(tmp_path: Path) -> None:
     deep.write_text("a: " + "[" * 100_000)
     with pytest.raises(ConfigError, match="nested more than 50 levels deep"):
         read_yaml(deep)
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["-n", "100000000000"], "argument -n: expected at most 10,000,000"),
+    (["--seed", "1180591620717411303424"], "argument --seed: expected at most"),
+    (["--seed", "-1"], "argument --seed: expected a number >= 0"),
+])
+def test_sample_bounds_are_one_line(args: list[str], fragment: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A size that would ask for 800 GB, or a seed torch cannot take: refused before reading."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(tmp_path / "export"), "--out", str(tmp_path / "x.npy"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and err.count("\n") == 1
+    assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.parametrize(("figure", "fragment"), [
+    ("out.txt", "the figure is a PNG; give a path ending .png"),
+    ("folder.png/", "a folder"),
+])
+def test_compare_figure_path_is_checked_first(figure: str, fragment: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "folder.png").mkdir()
+    target = tmp_path / figure
+    assert main(["compare", "--study", "nosuch", "--figure", str(target)]) == 2
+    assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "out.txt").exists() and not (tmp_path / "runs").exists()
