@@ -131,8 +131,10 @@ def front_figure(paths: Sequence[Path], out: Path) -> None:
         ax.set_xlabel("G parameters (log scale)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    counts = sorted({len(r["seeds"]) for r in reports})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     fig.suptitle(f"{paths[0].stem.rsplit('-trial', 1)[0]}: the front, re-evaluated "
-                 f"({len(reports[0]['seeds'])} fresh seeds each)")
+                 f"({seeds} fresh seeds each)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
