@@ -27,6 +27,20 @@ from pipeline.config import PROJECT_ROOT
 
 SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
 ARTIFACTS_DIR = PROJECT_ROOT / "test-artifacts"  # screenshots (gitignored)
+# A study of seconds (1-layer nets, 4 steps an epoch) for the tests that need a finished one:
+# the base and a search space; each test adds its objective(s) and budget.
+TINY_STUDY = """
+base:
+  data: {name: grid25, n_points: 1024}
+  model: {g_hidden: [16], d_hidden: [16]}
+  train: {batch_size: 128, steps_per_epoch: 4, log_every_n_steps: 4, sample_every_n_epochs: 2,
+          threads: 1}
+  eval: {n_samples: 200, metrics: [modes_covered, high_quality, reverse_kl, pacgan_score]}
+sampler: {name: random, seed: 0}
+search_space:
+  model.g_layers: {type: int, low: 1, high: 2}
+  model.g_width: {type: categorical, choices: [8, 16, 32]}
+"""
 
 
 # MLflow 3 sends usage telemetry from clients and servers unless told not to: these tests talk to

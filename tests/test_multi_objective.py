@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from slow_helpers import TINY_STUDY
 
 from pipeline.__main__ import main
 from pipeline.compare import compare_studies, top_trials
@@ -22,19 +23,7 @@ from pipeline.study.spec import parse_study
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SCORES_ATTR, find_study, pareto_front
 from pipeline.study.sweep import run_sweep, summary_lines
 
-BASE = """
-base:
-  data: {name: grid25, n_points: 1024}
-  model: {g_hidden: [16], d_hidden: [16]}
-  train: {batch_size: 128, steps_per_epoch: 4, log_every_n_steps: 4, sample_every_n_epochs: 2,
-          threads: 1}
-  eval: {n_samples: 200, metrics: [modes_covered, high_quality, reverse_kl, pacgan_score]}
-budget: {n_trials: 4, epochs: 2}
-sampler: {name: random, seed: 0}
-search_space:
-  model.g_layers: {type: int, low: 1, high: 2}
-  model.g_width: {type: categorical, choices: [8, 16, 32]}
-"""
+BASE = TINY_STUDY + "budget: {n_trials: 4, epochs: 2}\n"
 TWO = """
 objectives:
   - {metric: val/pacgan_score, direction: maximize, last_k: 1}

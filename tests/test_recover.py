@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 import pytest
+from slow_helpers import TINY_STUDY
 
 from pipeline.__main__ import main
 from pipeline.config import ConfigError
@@ -16,19 +17,8 @@ from pipeline.study.spec import parse_study
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SPEC_ATTR, open_storage
 from pipeline.study.sweep import run_sweep
 
-BASE = """
-base:
-  data: {name: grid25, n_points: 1024}
-  model: {g_hidden: [16], d_hidden: [16]}
-  train: {batch_size: 128, steps_per_epoch: 4, log_every_n_steps: 4, sample_every_n_epochs: 2,
-          threads: 1}
-  eval: {n_samples: 200, metrics: [modes_covered, high_quality, reverse_kl, pacgan_score]}
-sampler: {name: random, seed: 0}
-search_space:
-  model.g_layers: {type: int, low: 1, high: 2}
-  model.g_width: {type: categorical, choices: [8, 16, 32]}
-  train.g_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-"""
+# the search space goes on with a learning rate, so the median pruner has trials to tell apart
+BASE = TINY_STUDY + "  train.g_lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
 ONE = """
 objective: {metric: val/high_quality, direction: maximize, last_k: 1}
 budget: {n_trials: 4, epochs: 3}

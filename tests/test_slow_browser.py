@@ -21,6 +21,7 @@ from slow_helpers import (
     ARTIFACTS_DIR,
     PYTHON,
     SMOKE,
+    TINY_STUDY,
     Service,
     child_env,
     free_port,
@@ -305,21 +306,12 @@ def test_optuna_dashboard_serves_the_study(smoke_store: tuple[str, str, Path],
         dashboard.stop()
 
 
-TWO_OBJECTIVES = """
+TWO_OBJECTIVES = TINY_STUDY + """
 description: two objectives for the browser test
-base:
-  data: {name: grid25, n_points: 1024}
-  model: {g_hidden: [16], d_hidden: [16]}
-  train: {batch_size: 128, steps_per_epoch: 4, log_every_n_steps: 4, sample_every_n_epochs: 2}
-  eval: {n_samples: 200, metrics: [modes_covered, high_quality, reverse_kl, pacgan_score]}
 budget: {n_trials: 4, epochs: 2}
 objectives:
   - {metric: val/pacgan_score, direction: maximize, last_k: 1}
   - {metric: cost/g_params, direction: minimize}
-sampler: {name: random, seed: 0}
-search_space:
-  model.g_layers: {type: int, low: 1, high: 2}
-  model.g_width: {type: categorical, choices: [8, 16, 32]}
 """
 
 
