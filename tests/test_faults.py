@@ -348,18 +348,18 @@ def test_resuming_an_edited_study_names_the_difference(study_env: tuple[str, str
     path = Path(storage).parent / "smoke.yaml"
     path.write_text(edited)
     assert main(["sweep", str(path), "--storage", storage, "--trials", "2"]) == 2
-    one_line_error(capsys, "objective.metric 'val/fid' -> 'val/coverage'. Resume with "
-                           "--allow-changes")
+    one_line_error(capsys, "objectives minimize val/fid (last 2) -> minimize val/coverage "
+                           "(last 2). Resume with --allow-changes")
     path.write_text(edited.replace("direction: minimize", "direction: maximize"))
     assert main(["sweep", str(path), "--storage", storage, "--allow-changes"]) == 2
-    one_line_error(capsys, "the objective's direction changed (minimize -> maximize)")
+    one_line_error(capsys, "the objectives' directions changed (minimize -> maximize)")
     path.write_text(edited)
     assert main(["sweep", str(path), "--storage", storage, "--trials", "2", "--allow-changes",
                  "--no-progress"]) == 0
     study = optuna.load_study(study_name="smoke", storage=open_storage(storage))
     assert len(study.trials) == 2
     assert study.user_attrs["study_file_changes"][0]["changes"] == [
-        "objective.metric 'val/fid' -> 'val/coverage'"]
+        "objectives minimize val/fid (last 2) -> minimize val/coverage (last 2)"]
 
 
 def _exit_at_once() -> None:
