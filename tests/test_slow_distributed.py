@@ -150,8 +150,8 @@ def test_postgres_storage_and_mlflow_server(databases: tuple[str, str], mlflow_s
     # Each machine prints the count when it stops. One may stop while the other still runs the
     # last trials: it does not start more (the budget counts them) and says they are running.
     counts = [(int(m.group(1)), int(m.group(2) or 0)) for _, out in results
-              for m in [re.search(r"study smoke: (\d+) finished trials(?: \((\d+) still running "
-                                  r"in other processes\))? in", out)] if m]
+              for m in [re.search(r"study smoke: (\d+) finished trials \([^)]*\)(?: \((\d+) "
+                                  r"still running in other processes\))? in", out)] if m]
     assert len(counts) == MACHINES, [out[-2000:] for _, out in results]
     assert all(n <= len(done) and n + running >= TRIALS for n, running in counts), counts
     assert max(n for n, _ in counts) == len(done), counts
