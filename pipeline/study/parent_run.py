@@ -20,7 +20,14 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from pipeline.study.choice import check_recorded
 from pipeline.study.spec import StudyDefinition
-from pipeline.study.store import CREATED_ATTR, PARENT_ATTR, RUN_ATTR, best_trial, pareto_front
+from pipeline.study.store import (
+    CREATED_ATTR,
+    PARENT_ATTR,
+    RUN_ATTR,
+    best_trial,
+    pareto_front,
+    trial_counts,
+)
 from pipeline.tracking import RunLogger, get_client, start_run
 
 log = logging.getLogger(__name__)
@@ -87,9 +94,7 @@ def report(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) ->
     there (a worker that stopped first but was slow to draw its plots) is skipped rather than
     overwrite it. Counts are tags, not metrics: bookkeeping stays out of the metric charts.
     """
-    trials = study.get_trials(deepcopy=False)
-    counts = {state.name.lower(): sum(t.state == state for t in trials)
-              for state in optuna.trial.TrialState}
+    counts = trial_counts(study)
     n_finished = counts["complete"] + counts["pruned"]
     best = best_trial(study)
     front = pareto_front(study)

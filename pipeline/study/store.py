@@ -434,6 +434,13 @@ def fail_dead_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return failed
 
 
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials per state, by lower-case name (complete, pruned, fail, running, waiting)."""
+    trials = study.get_trials(deepcopy=False)
+    return {state.name.lower(): sum(t.state == state for t in trials)
+            for state in optuna.trial.TrialState}
+
+
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED_STATES)
 

@@ -39,6 +39,7 @@ from pipeline.study.store import (
     pareto_front,
     storage_url,
     this_worker,
+    trial_counts,
 )
 from pipeline.tracking import (
     RunLogger,
@@ -200,9 +201,7 @@ def summarize(study: optuna.Study, defn: StudyDefinition, parent: str, uri: str,
               *, already_complete: bool = False) -> SweepSummary:
     from pipeline.study.parent_run import objectives_text
 
-    trials = study.get_trials(deepcopy=False)
-    counts = {state.name.lower(): sum(t.state == state for t in trials)
-              for state in optuna.trial.TrialState}
+    counts = trial_counts(study)
     best = best_trial(study)
     experiment = get_client(uri).get_run(parent).info.experiment_id
     links = ui_links(experiment, parent, best.user_attrs.get(RUN_ATTR) if best else None)
