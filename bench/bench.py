@@ -72,7 +72,7 @@ from pipeline.config_load import config_from_dict
 from pipeline.logs import quiet_libraries
 from pipeline.metrics import FAMILIES, MAIN_METRICS, Evaluator
 from pipeline.metrics.registry import VAL_PREFIX
-from pipeline.prepare import cached_dataset, cached_evaluator
+from pipeline.prepare import cached_dataset, cached_evaluator, set_threads
 from pipeline.study.spec import StudyDefinition, load_study_file, parse_study
 from pipeline.study.store import open_storage
 from pipeline.study.sweep import run_sweep
@@ -329,7 +329,7 @@ def run(sizes: Sizes, out_dir: Path, log: Callable[[str], None],
             cfgs = {only: cfgs[only]}
         get_client(next(iter(cfgs.values())).tracking.tracking_uri or "")  # the store, made once
 
-        torch.set_num_threads(1)  # as each of two sweep workers on two cores
+        set_threads(1)  # as each of two sweep workers on two cores (BLAS pools too)
         results["train_ratio"], results["train_ms_per_step"] = {}, {}
         for kind, cfg in cfgs.items():
             steps = sizes.train_steps[kind]
@@ -384,7 +384,7 @@ def run(sizes: Sizes, out_dir: Path, log: Callable[[str], None],
                 f"pairs {results['table_quality_pairs']}")
 
         if only is None:
-            torch.set_num_threads(2)
+            set_threads(2)
             workers = workers_speedup(sizes, tmp)
             results["workers_speedup"] = workers["speedup"]
             results["trials_per_hour"] = {"1 worker": workers["1"], "2 workers": workers["2"]}
@@ -393,7 +393,7 @@ def run(sizes: Sizes, out_dir: Path, log: Callable[[str], None],
             results["pruning"] = pruning(sizes, tmp)
             log(f"pruning: {results['pruning']}")
 
-            torch.set_num_threads(2)
+            set_threads(2)
             results["gflops"] = {"peak": matmul_peak(1.0 if sizes is QUICK else 4.0)}
             images = cfgs["images"]
             for batch in (64, 256):

@@ -69,6 +69,69 @@ def test_quality_is_sdmetrics_quality_report(real: pd.DataFrame) -> None:
     assert ours["pair_trends"] < 0.95
 
 
+def with_unrelated(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns whose pairs the report never counts: a constant number, a constant category
+    (undefined correlation or association) and noise (under the real-side thresholds)."""
+    rng = np.random.default_rng(len(frame))
+    return frame.assign(const=3.0, kind="k", noise=rng.normal(size=len(frame)))
+
+
+META_UNRELATED = {"columns": {**METADATA["columns"], "const": {"sdtype": "numerical"},
+                              "kind": {"sdtype": "categorical"},
+                              "noise": {"sdtype": "numerical"}}}
+
+
+def test_prepared_quality_computes_only_the_pairs_that_count(real: pd.DataFrame) -> None:
+    """Quality leaves out the pairs that fail the report's real-side test and scores exactly
+    what quality() and QualityReport score."""
+    from sdmetrics.reports import QualityReport
+
+    real_u, synth = with_unrelated(real), with_unrelated(table(300, seed=1))
+    synth["y"] = synth["y"] * 0.5 + 0.5
+    scorer = tabular.Quality(real_u, META_UNRELATED)
+    assert scorer.pairs.total == 36
+    # x-y (r ~ 0.95), x-colour and y-colour (colour is x's quartile) are related; every pair
+    # with const, kind or noise is not.
+    assert scorer.related is not None
+    assert set(scorer.related) == {("x", "y"), ("x", "colour"), ("y", "colour")}
+    ours = scorer(synth)
+    assert ours == tabular.quality(real_u, synth, META_UNRELATED)
+    report = QualityReport()
+    report.generate({"t": real_u}, {"t": synth}, {"tables": {"t": META_UNRELATED}},
+                    verbose=False)
+    props = report.get_properties().set_index("Property")["Score"]
+    assert ours["column_shapes"] == pytest.approx(props["Column Shapes"], abs=1e-12)
+    assert ours["pair_trends"] == pytest.approx(props["Column Pair Trends"], abs=1e-12)
+    assert ours["quality"] == pytest.approx(report.get_score(), abs=1e-12)
+
+
+def test_prepared_quality_with_no_related_pair_has_no_pair_trends(real: pd.DataFrame) -> None:
+    meta = {"columns": {c: META_UNRELATED["columns"][c] for c in ("x", "const", "noise")}}
+    frame = with_unrelated(real)[["x", "const", "noise"]]
+    scorer = tabular.Quality(frame, meta)
+    assert scorer.related == ()
+    scores = scorer(frame)
+    assert math.isnan(scores["pair_trends"]) and scores["quality"] == scores["column_shapes"]
+    assert math.isnan(tabular.quality(frame, frame, meta)["pair_trends"])
+
+
+def test_prepared_quality_computes_every_pair_where_sdmetrics_subsamples(
+        real: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above num_rows_subsample each contingency pair draws rows from numpy's generator: every
+    pair is computed, in order, so that the draws (and the scores) stay quality()'s."""
+    from sdmetrics.reports.single_table._properties import base
+
+    monkeypatch.setattr(base, "DEFAULT_NUM_ROWS_SUBSAMPLE", 200)
+    real_u, synth = with_unrelated(real), with_unrelated(table(300, seed=1))
+    assert tabular.Quality(real_u, META_UNRELATED).related is None  # 400 real rows: subsampled
+    small = real_u.iloc[:150]
+    scorer = tabular.Quality(small, META_UNRELATED)
+    assert scorer.related is not None  # 150 real rows are not, 300 synthetic ones are
+    assert scorer(synth) == tabular.quality(small, synth, META_UNRELATED, seed=0)
+    assert tabular.Quality(real_u, META_UNRELATED, seed=4)(synth) == tabular.quality(
+        real_u, synth, META_UNRELATED, seed=4)
+
+
 def test_shuffled_columns_keep_shapes_and_lose_pair_trends(real: pd.DataFrame) -> None:
     rng = np.random.default_rng(5)
     shuffled = pd.DataFrame({c: real[c].to_numpy()[rng.permutation(len(real))] for c in real})

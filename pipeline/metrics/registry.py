@@ -293,12 +293,12 @@ def _table_classes(ref: Reference) -> Scorer:
 
 
 def _quality(ref: Reference) -> Scorer:
-    from pipeline.metrics.tabular import quality
+    from pipeline.metrics.tabular import Quality
 
     parts = table_parts(ref.dataset)
-    metadata, real = parts.transformer.sdv_metadata(), parts.test_frame
-    pairs = table_pairs(ref.dataset, ref.seed)
-    return lambda fakes: quality(real, fakes.rows, metadata, pairs=pairs, seed=ref.seed)
+    score = Quality(parts.test_frame, parts.transformer.sdv_metadata(),
+                    pairs=table_pairs(ref.dataset, ref.seed), seed=ref.seed)
+    return lambda fakes: score(fakes.rows)
 
 
 def _categories(ref: Reference) -> Scorer:

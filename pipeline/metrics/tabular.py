@@ -110,24 +110,89 @@ def quality(real: pd.DataFrame, synth: pd.DataFrame, metadata: Mapping[str, Any]
     As in the report, a number paired with a category is binned by each side's own range
     (np.histogram_bin_edges of real, then of synth), so bins differ wherever the extremes do:
     two real samples of 2,000-10,000 rows score 0.86-0.96 in pair trends. Evaluator.floor
-    gives the real-vs-real value to read a run's scores against.
+    gives the real-vs-real value to read a run's scores against. To score many synthetic
+    tables against one real one, ``Quality`` computes the same numbers faster.
     """
-    from sdmetrics.reports.single_table._properties import ColumnPairTrends, ColumnShapes
+    pairs = pairs if pairs is not None else column_pairs(list(metadata["columns"]), seed=seed)
+    return _quality(real, synth, metadata, pairs.pairs, seed)
 
-    columns = list(metadata["columns"])
-    pairs = pairs if pairs is not None else column_pairs(columns, seed=seed)
+
+class Quality:
+    """``quality`` against one real table, prepared once: ``Quality(real, metadata)(synth)``
+    returns ``quality(real, synth, metadata)``.
+
+    Only the pairs that can count are computed (``related``): the report averages the pairs
+    whose real columns meet its thresholds, a test on the real rows alone, so a pair that fails
+    it (weakly related columns, a constant column) adds nothing at any evaluation. On the
+    benchmark's 20-column table 32 of 190 pairs pass (9 of the 190 drawn from 100 columns),
+    and the quality score's cost falls from ~1.0 s to ~0.3 s an evaluation.
+    """
+
+    def __init__(self, real: pd.DataFrame, metadata: Mapping[str, Any], *,
+                 pairs: PairSample | None = None, seed: int = 0) -> None:
+        self.real, self.metadata, self.seed = real, metadata, seed
+        self.pairs = pairs if pairs is not None else column_pairs(list(metadata["columns"]),
+                                                                  seed=seed)
+        self.related = related_pairs(real, metadata, self.pairs)
+
+    def __call__(self, synth: pd.DataFrame) -> dict[str, float]:
+        # Above the subsample size SDMetrics draws rows for each contingency pair from numpy's
+        # global generator: every pair must then be computed, in order, for the same draws.
+        compute = (self.related if self.related is not None and not _subsamples(len(synth))
+                   else self.pairs.pairs)
+        return _quality(self.real, synth, self.metadata, compute, self.seed)
+
+
+def related_pairs(real: pd.DataFrame, metadata: Mapping[str, Any],
+                  pairs: PairSample) -> tuple[tuple[str, str], ...] | None:
+    """The pairs of ``pairs`` whose real columns meet QualityReport's thresholds, decided by
+    SDMetrics' own code (the real rows scored against themselves: where the real side fails,
+    a pair scores NaN or is marked under the threshold, whatever the synthetic side). Every
+    pair where the report has no thresholds (older SDMetrics); None where the real rows are
+    subsampled (above ``num_rows_subsample``), which leaves the test to chance."""
+    if _subsamples(len(real)):
+        return None
+    correlation_threshold, association_threshold = _report_thresholds()
+    if correlation_threshold <= 0 and association_threshold <= 0:
+        return pairs.pairs
+    trends = _pair_trends()
+    details = trends._generate_details(real, real, metadata, column_pairs=list(pairs.pairs))
+    if not len(details):
+        return ()
+    meets = details["Meets Threshold?"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    counted = set(zip(details["Column 1"][meets], details["Column 2"][meets], strict=True))
+    return tuple(pair for pair in pairs.pairs if pair in counted)
+
+
+def _subsamples(rows: int) -> bool:
+    """Whether SDMetrics' pair trends subsample a side of this many rows."""
+    limit = _pair_trends().num_rows_subsample
+    return bool(limit) and rows > limit
+
+
+def _pair_trends() -> Any:
+    """A ColumnPairTrends with QualityReport's thresholds."""
+    from sdmetrics.reports.single_table._properties import ColumnPairTrends
+
     correlation_threshold, association_threshold = _report_thresholds()
     trends = ColumnPairTrends()
     trends.real_correlation_threshold = correlation_threshold
     trends.real_association_threshold = association_threshold
+    return trends
+
+
+def _quality(real: pd.DataFrame, synth: pd.DataFrame, metadata: Mapping[str, Any],
+             pairs: Sequence[tuple[str, str]], seed: int) -> dict[str, float]:
+    from sdmetrics.reports.single_table._properties import ColumnShapes
+
+    trends = _pair_trends()
     with _numpy_seed(seed), warnings.catch_warnings():
         # scipy's KS test falls back to its asymptotic p-value on ties; the statistic is exact.
         warnings.filterwarnings("ignore", "ks_2samp: Exact calculation", RuntimeWarning)
         shapes = float(ColumnShapes().get_score(real, synth, metadata))
         # get_score would take every pair; _generate_details takes the pairs to compute, and
         # _compute_average is the report's own rule (pairs under a threshold do not count).
-        trends.details = trends._generate_details(real, synth, metadata,
-                                                  column_pairs=list(pairs.pairs))
+        trends.details = trends._generate_details(real, synth, metadata, column_pairs=list(pairs))
     pair_trends = float(trends._compute_average()) if len(trends.details) else math.nan
     both = [s for s in (shapes, pair_trends) if not math.isnan(s)]
     return {"column_shapes": shapes, "pair_trends": pair_trends,
