@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 from pipeline.config import ConfigError
 from pipeline.errors import DataError
 from pipeline.logs import quiet_libraries
+from pipeline.outputs import check_port_free
 
 EXAMPLES = """examples:
   python -m pipeline train data.name=ring8 train.epochs=5
@@ -106,12 +107,15 @@ def dispatch(args: argparse.Namespace) -> int:
     except (ConfigError, DataError) as exc:  # ExportError is a ConfigError too
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
+    except Exception as exc:  # a failed sweep, a full disk: one line, exit 1; else the traceback
+        from pipeline.faults import StorageFault, fault_message, storage_fault
         from pipeline.study.sweep import SweepError
 
-        if not isinstance(exc, SweepError):
+        reason = None if isinstance(exc, (SweepError, StorageFault)) else storage_fault(exc)
+        if reason is None and not isinstance(exc, (SweepError, StorageFault)):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        message = fault_message(f"python -m pipeline {args.command}", reason) if reason else exc
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         what = str(exc) or "Ctrl-C"
@@ -347,8 +351,9 @@ def add_sample(commands: Commands) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from pipeline.export import sample_export, write_samples
+    from pipeline.export import check_samples_out, sample_export, write_samples
 
+    check_samples_out(args.out)  # before the export is read and the samples drawn
     samples, config = sample_export(args.export_dir, args.n, args.seed)
     print(write_samples(samples, config, args.out))
     return 0
@@ -398,6 +403,7 @@ def add_ui(commands: Commands) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    check_port_free(args.port, make="ui")  # before the store is opened or the server started
     from pipeline.relocate import moved_warning
     from pipeline.tracking import artifact_location, mask_secrets, tracking_uri
 
@@ -468,6 +474,7 @@ def add_dashboard(commands: Commands) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
+    check_port_free(args.port, make="dashboard")  # before the storage is opened
     from optuna_dashboard import run_server
 
     from pipeline.study.store import mask_url, open_storage, storage_url

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import logging
 import tempfile
 import textwrap
 from collections.abc import Sequence
@@ -27,10 +27,14 @@ import optuna
 from matplotlib.figure import Figure
 
 from pipeline.config import ConfigError
+from pipeline.faults import storage_fault
 from pipeline.metrics.registry import MAIN_METRICS, val_key
+from pipeline.outputs import check_output_file
 from pipeline.study.choice import check_recorded
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study, pareto_front
 from pipeline.tracking import RunLogger, mask_secrets, open_store_for_reading, tracking_uri
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from pipeline.study.spec import StudyDefinition
@@ -207,23 +211,22 @@ def compare(study_name: str, *, top: int = 5, fmt: str = "table", storage: str |
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent:
         client = open_store_for_reading(tracking_uri(defn.base.tracking.tracking_uri))
-        RunLogger(client, parent).log_figure(fig, "comparison/top_trials.png")
+        try:
+            RunLogger(client, parent).log_figure(fig, "comparison/top_trials.png")
+        except Exception as exc:  # a read-only store can still be compared
+            reason = storage_fault(exc)
+            if reason is None:
+                raise
+            log.warning("warning: the figure was not logged to the study's MLflow run: %s",
+                        reason)
     plt.close(fig)
     return format_rows(rows, fmt), path
 
 
 def check_figure_path(path: Path) -> None:
-    """The figure is a PNG: a file ending .png, not a folder, in a folder that can be made and
-    written (checked up to the nearest existing one)."""
-    if path.suffix.lower() != ".png":
-        raise ConfigError(f"--figure {path}: the figure is a PNG; give a path ending .png")
-    if path.is_dir():
-        raise ConfigError(f"--figure {path}: a folder; give a file path ending .png")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ConfigError(f"--figure {path}: cannot write in {folder}")
+    """The figure is a PNG: a file ending .png, not a folder or a link, in a folder that can be
+    made and written (pipeline/outputs.py, as every command's output file)."""
+    check_output_file(path, (".png",), option="--figure", kind="the figure is a PNG")
 
 
 def compare_studies(names: Sequence[str], *, top: int = 5, fmt: str = "table",

@@ -33,6 +33,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MAX_WIDTH = 16_384
 MAX_LAYERS = 32
 MAX_HIDDEN_WEIGHTS = 100_000_000  # per network (400 MB of float32, three times that for Adam)
+# MLflow refuses a longer experiment name (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH),
+# with a traceback once the run is being created: checked here with the rest of the config.
+MAX_EXPERIMENT_NAME = 500
 
 
 @dataclass
@@ -189,6 +192,10 @@ class TrackingConfig:
     def validate(self) -> None:
         if not self.experiment:
             raise ConfigError("tracking.experiment: got '', expected a non-empty name")
+        if len(self.experiment) > MAX_EXPERIMENT_NAME:
+            raise ConfigError(f"tracking.experiment: got a name of {len(self.experiment):,} "
+                              f"characters, expected at most {MAX_EXPERIMENT_NAME} (MLflow's "
+                              f"limit)")
         if self.tracking_uri is not None:
             check_tracking_uri("tracking.tracking_uri", self.tracking_uri)
 

@@ -29,9 +29,10 @@ from pipeline.errors import ConfigError
 from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE, logged_model_id
 from pipeline.networks import Generator
+from pipeline.outputs import check_output_file, check_output_folder
 from pipeline.plots import figure_png, samples_png, table_figure
 from pipeline.study.choice import check_recorded, chosen_trial
-from pipeline.study.store import RUN_ATTR, find_study
+from pipeline.study.store import RUN_ATTR, check_study_name, find_study
 from pipeline.tables.transform import TableTransformer
 from pipeline.tracking import open_store_for_reading, tracking_uri
 
@@ -53,6 +54,9 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
     study/choice.py) to ``out_dir`` (default exports/<study>/); returns the folder and the
     registered model version. The folder must be new, empty or an earlier export of the same
     run (``check_out_dir``), unless ``force``."""
+    check_study_name("--study", study_name)  # as find_study does: it names the default folder
+    out = Path(out_dir) if out_dir else Path("exports") / study_name
+    check_out_place(out, force=force)  # before the study is read: the path alone
     study, defn = find_study(study_name, storage)
     try:
         best = chosen_trial(study, defn, trial=trial, pick=pick)
@@ -61,7 +65,6 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
     run_id = best.user_attrs.get(RUN_ATTR)
     if not run_id:
         raise ExportError(f"study {study_name}: trial {best.number} has no MLflow run recorded")
-    out = Path(out_dir) if out_dir else Path("exports") / study_name
     check_out_dir(out, run_id, force=force)  # before anything is registered or written
     uri = tracking_uri(defn.base.tracking.tracking_uri)
     client = open_store_for_reading(uri)
@@ -155,17 +158,8 @@ def check_out_dir(out: Path, run_id: str, *, force: bool = False) -> None:
     registered or written. ``force`` writes into a non-empty folder or through a link; an
     existing file, or a place that cannot be written, is refused even then."""
     hint = "; give --force to write into it anyway"
-    if out.is_symlink() and not (force and out.exists()):
-        raise ExportError(f"--out {out}: a symbolic link (to {cut(os.readlink(out))}); give "
-                          f"the folder itself{', or --force to follow it' if out.exists() else ''}")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: an existing file, not a folder; choose another path")
-    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not existing.is_dir():
-        raise ExportError(f"--out {out}: {existing} is a file, so the folder cannot be made")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ExportError(f"--out {out}: {existing} is not writable")
-    if existing != out or force or not any(out.iterdir()):
+    check_out_place(out, force=force)
+    if force or not out.exists() or not any(out.iterdir()):
         return
     try:
         previous = json.loads((out / "config.json").read_text()).get("mlflow_run_id")
@@ -177,6 +171,18 @@ def check_out_dir(out: Path, run_id: str, *, force: bool = False) -> None:
     if previous != run_id:
         raise ExportError(f"--out {out}: holds the export of another run ({cut(str(previous))}"
                           f", not {run_id}); choose a new or empty folder{hint}")
+
+
+def check_out_place(out: Path, *, force: bool = False) -> None:
+    """What ``check_out_dir`` can tell from the path alone, before any study is read: not a
+    link (unless ``force`` and it leads to a folder), not a file, under no file, writable."""
+    if out.is_symlink() and not (force and out.exists()):
+        raise ExportError(f"--out {out}: a symbolic link (to {cut(os.readlink(out))}); give "
+                          f"the folder itself{', or --force to follow it' if out.exists() else ''}")
+    try:
+        check_output_folder(out)
+    except ConfigError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def write_replacing(path: Path, write: Callable[[Path], object]) -> None:
@@ -367,29 +373,39 @@ def sample_export(folder: str | Path, n: int, seed: int = 0) -> tuple[np.ndarray
 
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+ARRAY_SUFFIXES = (".npy", ".csv", ".png")
+SAMPLE_SUFFIXES = (".npy", ".csv", ".png", ".tsv", ".parquet")  # either kind: checked first
+
+
+def check_samples_out(out: str | Path, config: dict[str, Any] | None = None) -> Path:
+    """``sample --out``: a file that can be written, ending in a suffix that the export's kind
+    takes (a table's rows, or an array); without ``config``, in one that either kind takes."""
+    if config is None:
+        return check_output_file(out, SAMPLE_SUFFIXES, kind="samples go to a file by its suffix")
+    if config.get("generator", {}).get("table_encoding") is not None:
+        return check_output_file(out, TABLE_SUFFIXES, kind="a table's rows go to a table file")
+    return check_output_file(out, ARRAY_SUFFIXES, kind="this export's samples are an array, not "
+                             "a table's rows")
 
 
 def write_samples(samples: np.ndarray, config: dict[str, Any], out: str | Path) -> Path:
     """Samples to a file by its suffix; a table's rows are decoded into its own columns,
     dtypes and categories first (.csv, .tsv, .parquet)."""
-    out = Path(out)
+    out = check_samples_out(out, config)
+    suffix = out.suffix.lower()
     encoding = config.get("generator", {}).get("table_encoding")
+    out.parent.mkdir(parents=True, exist_ok=True)
     if encoding is not None:
-        if out.suffix not in TABLE_SUFFIXES:
-            raise ExportError(f"--out {out}: a table's rows go to a .csv, .tsv or .parquet file")
         rows = TableTransformer.from_dict(encoding).inverse_transform(samples)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".parquet":
+        if suffix == ".parquet":
             rows.to_parquet(out, index=False)
         else:
-            rows.to_csv(out, index=False, sep="\t" if out.suffix == ".tsv" else ",")
+            rows.to_csv(out, index=False, sep="\t" if suffix == ".tsv" else ",")
         return out
-    if out.suffix not in (".npy", ".csv", ".png"):
-        raise ExportError(f"--out {out}: expected a .npy, .csv or .png file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        np.save(out, samples)
-    elif out.suffix == ".csv":
+    if suffix == ".npy":
+        with out.open("wb") as f:  # np.save(path) would add .npy to a name ending .NPY
+            np.save(f, samples)
+    elif suffix == ".csv":
         np.savetxt(out, samples, delimiter=",", fmt="%.7g")
     else:
         shape = config.get("generator", {}).get("image_shape")

@@ -28,6 +28,7 @@ import yaml
 from pipeline.config import Config, ConfigError
 from pipeline.config_load import config_from_dict, load_config, parse_overrides
 from pipeline.metrics.registry import VAL_PREFIX
+from pipeline.outputs import check_output_file, check_output_folder
 from pipeline.study.choice import chosen_trial, scores
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study
 from pipeline.tracking import (
@@ -55,6 +56,7 @@ def reevaluate(*, study: str | None = None, config: str | None = None, seeds: in
     start = time.time()
     if (study is None) == (config is None):
         raise ConfigError("reeval: give either --study or --config")
+    check_results_path(out)  # before the study is read or a seed trained
     search: dict[str, float] = {}
     if study is not None:
         cfg, name, parent, used, search = chosen_trial_config(study, storage, trial, pick)
@@ -110,6 +112,16 @@ def reevaluate(*, study: str | None = None, config: str | None = None, seeds: in
     if study is not None:
         write_best_config(cfg, name)
     return report, path
+
+
+def check_results_path(out: str | None) -> None:
+    """Where the results go, tried before minutes of training: ``--out`` a .json file (its
+    picture beside it, the same name ending .png), or else the results/ folder."""
+    if out is None:
+        check_output_folder(RESULTS_DIR, option="reeval's results folder")
+        return
+    path = check_output_file(out, (".json",), kind="the results are JSON")
+    check_output_file(path.with_suffix(".png"), (".png",), option=f"--out {out}: its picture")
 
 
 def chosen_trial_config(study: str, storage: str | None, trial: int | None = None,

@@ -28,6 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pipeline import __version__
 from pipeline.config import ConfigError, check_tracking_uri
 from pipeline.config_load import cut, mask_secrets
+from pipeline.faults import StorageFault, fault_message, storage_fault
 
 if TYPE_CHECKING:
     import numpy as np
@@ -80,11 +81,29 @@ def get_client(uri: str) -> MlflowClient:
     if uri in _opened or not uri.startswith("sqlite:///"):
         return MlflowClient(tracking_uri=uri)
     path = sqlite_path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    where = f"MLflow store {path}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if storage_fault(exc):
+            raise
+        raise ConfigError(f"{where}: cannot create the folder {path.parent} ({exc.strerror})"
+                          ) from None
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as fh:
+            if fh.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                raise ConfigError(f"{where} is not an SQLite database, so not an MLflow store "
+                                  f"(overwritten?); move it aside, or set MLFLOW_TRACKING_URI "
+                                  f"to another store")
     with open(f"{path}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             client = MlflowClient(tracking_uri=uri)  # creates the schema, once, under the lock
+        except Exception as exc:
+            reason = storage_fault(exc)
+            if reason is None:
+                raise
+            raise StorageFault(fault_message(where, reason)) from None
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     _opened.add(uri)
@@ -112,6 +131,10 @@ def open_store_for_reading(uri: str) -> MlflowClient:
         except Exception as exc:
             raise ConfigError(f"{where}: not a usable database URL ({cut(str(exc))})") from None
         _check_mlflow_tables(engine, where)
+    if uri.startswith("sqlite:///"):
+        # a complete store: no schema to create, so no lock to take (its file could not be
+        # made in a read-only folder, and reading needs none)
+        return MlflowClient(tracking_uri=uri)
     return get_client(uri)  # a server is checked there
 
 
@@ -121,8 +144,7 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 def _check_sqlite_store(path: Path, where: str) -> None:
     if not path.exists():
         raise ConfigError(f"{where} does not exist (deleted or moved?): the study's runs are "
-                          f"not there; set MLFLOW_TRACKING_URI to the store it was run with, "
-                          f"or run the study again")
+                          f"not there; set MLFLOW_TRACKING_URI to the store it was run with")
     if not path.is_file():
         raise ConfigError(f"{where}: {path} is not a regular file")
     with open(path, "rb") as fh:
@@ -189,6 +211,10 @@ def check_reachable(uri: str) -> None:
         except ConfigError:
             raise
         except Exception as exc:
+            reason = storage_fault(exc)
+            if reason is not None:
+                raise StorageFault(fault_message(f"MLflow store {mask_secrets(uri)}", reason)
+                                   ) from None
             raise ConfigError(f"MLflow at {mask_secrets(uri)} does not answer: "
                               f"{unreachable_reason(exc)}") from None
     _answered.add(uri)
@@ -369,10 +395,17 @@ def mlflow_run(
                 tags = dict(ending.tags)
                 if ending is STOPPED:
                     tags["killed_reason"] = f"stopped by {exc or 'Ctrl-C'}: {tags['killed_reason']}"
-                close_run(logger, ending.status, tags)
+                status = ending.status
                 break
         else:
-            close_run(logger, "FAILED", {"error": f"{type(exc).__name__}: {exc}"})
+            status, tags = "FAILED", {"error": f"{type(exc).__name__}: {exc}"}
+        try:
+            close_run(logger, status, tags)
+        except Exception:
+            if storage_fault(exc) is None:
+                raise
+            # the store refused the write that caused this: the run stays RUNNING until a
+            # resume ends it (sweep.close_orphan_runs); the fault is what the user must hear of
         raise
     else:
         if monitor is not None:
@@ -398,7 +431,7 @@ def close_run(logger: RunLogger, status: str, tags: dict[str, str]) -> None:
             logger.set_tags(tags)
             logger.client.set_terminated(logger.run_id, status)
             return
-        except Exception:
-            if attempt == 2:
+        except Exception as exc:
+            if attempt == 2 or storage_fault(exc):  # a full disk does not clear in seconds
                 raise
             time.sleep(1.0 + attempt)

@@ -26,10 +26,10 @@ FLOORS: list[list[str]] = [
     # the registries (what config validates against) and leaf utilities
     ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.metrics",
      "pipeline.plots", "pipeline.logs", "pipeline.interrupt", "pipeline.batches",
-     "pipeline.devices"],
+     "pipeline.devices", "pipeline.outputs"],
     # the readers: files and generators -> a Dataset, from plain arguments
     ["pipeline.readers", "pipeline.tables"],
-    ["pipeline.dataset", "pipeline.errors", "pipeline"],
+    ["pipeline.dataset", "pipeline.errors", "pipeline.faults", "pipeline"],
 ]
 STUDY_ORDER = ["conditions", "space", "spec", "store", "choice", "recover", "objective",
                "parent_run", "sweep"]

@@ -7,6 +7,7 @@ evaluations. It reads like Optuna's recipe: suggest, build, fit, return the valu
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ import optuna
 
 from pipeline.config import Config
 from pipeline.config_load import config_from_dict
+from pipeline.faults import storage_fault
 from pipeline.metrics.registry import EVAL_SECONDS, MAIN_METRICS, VAL_PREFIX, val_key
 from pipeline.study.space import sample
 from pipeline.study.spec import StudyDefinition
@@ -50,6 +52,9 @@ class Objective:
         self.threads = threads
         self.device = device
         self.callbacks = tuple(callbacks)
+        # (trial number, what was refused) after a full disk or a read-only store: the study
+        # stops, since every next trial would hit it too
+        self.fault: tuple[int, str] | None = None
 
     def __call__(self, trial: optuna.Trial) -> Value:
         trial.set_user_attr(OWNER_ATTR, this_worker())  # so a resume can tell it died
@@ -57,9 +62,14 @@ class Objective:
             values = self._run(trial)
         except Exception as exc:
             pruned = isinstance(exc, optuna.TrialPruned)
-            if not pruned:  # kept for the failure message
-                trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:1000])
-            self.rename(trial, lambda name: mark(name, "[pruned]" if pruned else "[failed]"))
+            fault = None if pruned else storage_fault(exc)
+            if fault is not None:
+                self.fault = (trial.number, fault)
+                trial.study.stop()
+            with contextlib.suppress(Exception):  # a full disk may refuse these too
+                if not pruned:  # kept for the failure message
+                    trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:1000])
+                self.rename(trial, lambda name: mark(name, "[pruned]" if pruned else "[failed]"))
             raise
         shown = values if isinstance(values, list) else [values]
         self.rename(trial, lambda name: f"{name} = " + " / ".join(f"{v:.4g}" for v in shown))

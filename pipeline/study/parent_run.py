@@ -18,6 +18,8 @@ import optuna
 from matplotlib.figure import Figure
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
+from pipeline.config_load import mask_secrets
+from pipeline.errors import ConfigError
 from pipeline.study.choice import check_recorded
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import (
@@ -28,9 +30,34 @@ from pipeline.study.store import (
     pareto_front,
     trial_counts,
 )
-from pipeline.tracking import RunLogger, get_client, start_run
+from pipeline.tracking import RunLogger, get_client, open_store_for_reading, start_run
 
 log = logging.getLogger(__name__)
+
+
+def check_kept(study: optuna.Study | None, uri: str) -> None:
+    """A resumed study's MLflow runs are in this store, checked before the store is opened for
+    writing (which would create a fresh, empty one where it was deleted): a study whose store
+    was lost or replaced would otherwise go on in a new one, its earlier trials' runs gone."""
+    run_id = study.user_attrs.get(PARENT_ATTR) if study is not None else None
+    if not run_id:
+        return
+    assert study is not None
+    name = study.study_name
+    then = (f"set MLFLOW_TRACKING_URI to the store study {name} ran with, or run the study "
+            f"under a new name (name: in its file); `python -m pipeline recover` rebuilds a "
+            f"study from its runs, not runs from a study")
+    try:
+        client = open_store_for_reading(uri)
+    except ConfigError as exc:
+        raise ConfigError(f"study {name} ({len(study.trials)} trials) cannot resume: {exc}"
+                          ) from None
+    try:
+        client.get_run(run_id)
+    except Exception:
+        raise ConfigError(f"study {name}: its MLflow parent run {run_id} is not in the store "
+                          f"{mask_secrets(uri)} (replaced, or not the store it ran with); "
+                          f"{then}") from None
 
 
 def ensure(study: optuna.Study, defn: StudyDefinition, uri: str, storage: str, *,

@@ -300,7 +300,10 @@ def _check_objective_numbers(objective: ObjectiveSpec, where: str) -> None:
                           f"positive number")
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+# A study's name is its MLflow experiment's name too (parse_study), so it stays well inside
+# MLflow's limit (config.MAX_EXPERIMENT_NAME), a file or --data stem included.
+MAX_STUDY_NAME = 100
+_PLAIN_NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{MAX_STUDY_NAME - 1}}}")
 
 
 def check_study_name(key: str, name: str) -> str:
@@ -308,7 +311,7 @@ def check_study_name(key: str, name: str) -> str:
     are plain: letters, digits, '-', '_' and '.', not starting with '.' or '-'."""
     if not _PLAIN_NAME.fullmatch(name):
         raise ConfigError(f"{key}: got {name!r}, expected a plain name (letters, digits, '-', "
-                          f"'_', '.'; up to 100, not starting with '.' or '-')")
+                          f"'_', '.'; up to {MAX_STUDY_NAME}, not starting with '.' or '-')")
     return name
 
 

@@ -24,6 +24,7 @@ from optuna.storages.journal._storage import JournalOperation as _OP  # not expo
 
 from pipeline.config_load import cut, mask_secrets
 from pipeline.errors import ConfigError
+from pipeline.outputs import check_output_folder
 from pipeline.study.spec import StudyDefinition, check_study_name, parse_study, study_changes
 
 DEFAULT_STORAGE = Path("runs") / "optuna.journal"
@@ -70,7 +71,9 @@ def open_storage(url: str, *, create: bool = False,
         heartbeat: dict[str, Any] = {} if on_stale is None else dict(
             heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=on_stale)
-        return _rdb_storage(url, create=create, **heartbeat)
+        with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _rdb_storage(url, create=create, **heartbeat)
     path = Path(url)
     if path.is_dir():
         raise ConfigError(f"--storage {url}: a folder; expected a journal file or a database URL")
@@ -147,7 +150,7 @@ def _is_torn_record(line: bytes) -> bool:
             and (line.startswith(_RECORD_START) or _RECORD_START.startswith(line)))
 
 
-def check_journal(path: Path, *, mend: bool = False) -> None:
+def check_journal(path: Path, *, mend: bool = False, sweep: bool | None = None) -> None:
     """Every line of a journal is one of Optuna's records, or a ConfigError says what is wrong
     (the file is then kept byte for byte).
 
@@ -155,8 +158,10 @@ def check_journal(path: Path, *, mend: bool = False) -> None:
     line without its newline. Optuna's reader skips it, but the next append would land right
     after it and make the whole file unreadable; so with ``mend`` (sweep, the command that
     appends) the file is copied aside and the torn tail cut off, under the journal's own lock,
-    so that no writer is mid-record. Without it, the file is only read.
+    so that no writer is mid-record. Without it, the file is only read. ``sweep`` (default:
+    ``mend``): the messages speak to the sweep command.
     """
+    sweep = mend if sweep is None else sweep
     lock = None
     if mend:
         from optuna.storages.journal import JournalFileSymlinkLock
@@ -179,12 +184,12 @@ def check_journal(path: Path, *, mend: bool = False) -> None:
         if bad and not records:
             raise ConfigError(f"--storage {path}: not an Optuna journal (line {bad} is not a "
                               f"journal record); give the journal file the study was run "
-                              f"with, a database URL{', or a new path' if mend else ''}")
+                              f"with, a database URL{', or a new path' if sweep else ''}")
         if bad:
-            raise ConfigError(_damaged(path, mend, f"line {bad} of {lines} is not a journal "
-                                                   f"record ({records} records are)"))
+            raise ConfigError(_damaged(path, sweep, f"line {bad} of {lines} is not a journal "
+                                                    f"record ({records} records are)"))
         if lines == 0:
-            raise ConfigError(_damaged(path, mend, "it is empty (0 bytes)"))
+            raise ConfigError(_damaged(path, sweep, "it is empty (0 bytes)"))
         if torn and mend:
             _cut_torn_tail(path, whole)
     finally:
@@ -326,11 +331,16 @@ def create_or_load(
             pruner=defn.spec.pruner.build(),
             directions=defn.directions,
         )
-        try:
-            study, created = optuna.create_study(**kwargs), True
-        except optuna.exceptions.DuplicatedStudyError:
-            study, created = optuna.load_study(**{k: v for k, v in kwargs.items()
-                                                  if k != "directions"}), False
+        loading = {k: v for k, v in kwargs.items() if k != "directions"}
+        # Looked up first: a journal records a create that finds the name taken, so a resume
+        # (or a refused one) would append a record each time.
+        if _has_study(kwargs["storage"], defn.name):
+            study, created = optuna.load_study(**loading), False
+        else:
+            try:
+                study, created = optuna.create_study(**kwargs), True
+            except optuna.exceptions.DuplicatedStudyError:  # another process, just now
+                study, created = optuna.load_study(**loading), False
         if created:  # optuna-dashboard then names the objectives ("val/fid", not "Objective 0")
             with warnings.catch_warnings():  # "experimental since v3.2": it is what names them
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -346,6 +356,75 @@ def create_or_load(
         for params in defn.enqueue:
             study.enqueue_trial(params)
     return study, created
+
+
+def _has_study(storage: optuna.storages.BaseStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True
+
+
+def check_storage(url: str) -> None:
+    """A sweep's storage is usable, checked before anything is created (the MLflow store
+    included): a journal that exists is a readable journal, a new one's folder can be made, a
+    database answers. Nothing is created or written."""
+    if "://" in url:
+        masked = mask_secrets(url)
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+            _check_sqlite_file(path, masked, create=True)
+            check_output_folder(path.parent, option=f"--storage {masked}:")
+            return
+        _check_server(url, masked)
+        return
+    path = Path(url)
+    if path.is_dir():
+        raise ConfigError(f"--storage {url}: a folder; expected a journal file or a database URL")
+    if path.exists():
+        with folder_lock(path.parent, exclusive=False):  # not while a sweep creates it
+            check_journal(path, sweep=True)  # read only; a torn last record is mended later
+    else:
+        check_output_folder(path.parent, option=f"--storage {url}:")
+
+
+def _check_server(url: str, masked: str) -> None:
+    """A database server answers a connection (Optuna itself would retry, then print a
+    traceback); its tables are Optuna's business, made when the study is created."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url)
+    except Exception as exc:  # an unknown dialect, a driver that is not installed
+        raise ConfigError(f"--storage {masked}: not a usable database URL "
+                          f"({cut(str(exc))})") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise ConfigError(f"--storage {masked}: cannot open the database "
+                          f"({type(cause).__name__}: {cut(str(cause).strip().splitlines()[0])})"
+                          ) from None
+    finally:
+        engine.dispose()
+
+
+def existing_study(name: str, url: str) -> optuna.Study | None:
+    """The study if the storage already holds it, read as it is (nothing created or written);
+    None for a new storage or name."""
+    if "://" not in url and not Path(url).exists():
+        return None
+    try:
+        opened = open_storage(url)
+    except ConfigError:
+        if "://" in url:
+            return None  # a database without Optuna's tables yet
+        raise
+    if not _has_study(opened, name):
+        return None
+    return optuna.load_study(study_name=name, storage=opened)
 
 
 def check_same_study(study: optuna.Study, new: StudyDefinition, old: StudyDefinition,

@@ -6,6 +6,7 @@ trial). Workers receive the parsed ``StudyDefinition``: the study file is read o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import multiprocessing.connection
@@ -15,7 +16,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import optuna
 import torch
@@ -23,8 +26,11 @@ import torch
 from pipeline import interrupt
 from pipeline.config import Config
 from pipeline.devices import default_device
+from pipeline.errors import ConfigError, DataError
+from pipeline.faults import StorageFault, fault_message, storage_fault
 from pipeline.study import parent_run
 from pipeline.study.objective import Objective
+from pipeline.study.space import check_pairs
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import (
     ENDED_STATES,
@@ -33,7 +39,9 @@ from pipeline.study.store import (
     OWNER_ATTR,
     RUN_ATTR,
     best_trial,
+    check_storage,
     create_or_load,
+    existing_study,
     fail_dead_trials,
     finished_trials,
     pareto_front,
@@ -126,6 +134,7 @@ class SweepSummary:
 
 
 STOPPED_EXIT = 3  # a worker's exit code when it was stopped by a signal, not by an error
+FAULT_EXIT = 4  # a worker's exit code after a storage fault (a full disk, a read-only store)
 
 
 def run_sweep(
@@ -143,13 +152,23 @@ def run_sweep(
     from the same objective, search space and base config (``allow_changes`` to accept edits).
     Trials a dead worker left RUNNING are failed and their runs marked KILLED first.
     """
+    from pipeline.prepare import check_inputs
+
     start = time.time()
+    # Checked in this order, so that a refusal creates nothing: the storage, the data and
+    # settings every trial would share, then (for a resumed study) that its runs are in the
+    # MLflow store, before the store is opened for writing (which creates one).
     url = storage_url(storage)
+    check_storage(url)
+    check_inputs(defn.base)
+    check_pairs(defn.space, defn.base.to_dict())
     uri = tracking_uri(defn.base.tracking.tracking_uri)
+    parent_run.check_kept(existing_study(defn.name, url), uri)
     check_reachable(uri)
     study, created = create_or_load(defn, url, allow_changes=allow_changes,
                                      on_stale=StaleRunCloser(uri))
     close_dead_trials(study, uri)
+    close_orphan_runs(study, defn, uri)
     target = n_trials or defn.spec.budget.n_trials
     parent = parent_run.ensure(study, defn, uri, url, created=created)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -181,6 +200,11 @@ def run_sweep(
             "stopped": "signal", "study_state": "stopped, resumable",
             "killed_reason": f"stopped by {exc or 'Ctrl-C'}; run the same command again to "
                              f"resume the study"})
+        raise
+    except StorageFault as exc:
+        with contextlib.suppress(Exception):  # the store may be the one that is full
+            close_run(RunLogger(client, parent), "KILLED", {
+                "study_state": "stopped by a fault, resumable", "killed_reason": str(exc)})
         raise
     except BaseException as exc:
         close_run(RunLogger(client, parent), "FAILED", {"error": f"{type(exc).__name__}: {exc}"})
@@ -261,11 +285,36 @@ def kill_trial_run(uri: str, trial: optuna.trial.FrozenTrial, reason: str) -> No
                                                      "optuna_state": "FAIL"})
 
 
+def close_orphan_runs(study: optuna.Study, defn: StudyDefinition, uri: str) -> None:
+    """Trial runs still RUNNING whose trial has ended: a full disk or a read-only store kept
+    them from closing when their trial failed (or a killed worker's seed runs). Ended FAILED,
+    so that nothing stays RUNNING once the study resumes. A RUNNING trial's runs are left to
+    its worker, which may be alive on another machine."""
+    client = get_client(uri)
+    experiment = client.get_experiment_by_name(defn.base.tracking.experiment)
+    if experiment is None:
+        return
+    runs = client.search_runs([experiment.experiment_id], max_results=1000, filter_string=(
+        f"tags.optuna_study = '{defn.name}' and attributes.status = 'RUNNING'"))
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for run in runs:
+        number = run.data.tags.get("optuna_trial")
+        trial = trials.get(int(number)) if number and number.isdigit() else None
+        if trial is None or trial.state == optuna.trial.TrialState.RUNNING:
+            continue
+        close_run(RunLogger(client, run.info.run_id), "FAILED", {
+            "optuna_state": trial.state.name,
+            "error": f"left RUNNING when trial {trial.number} ended {trial.state.name} (a full "
+                     f"disk, a read-only store or a killed process kept it from closing); "
+                     f"closed when the study resumed"})
+
+
 def run_workers(args: list[WorkerArgs], study_name: str) -> None:
     """Start the workers and wait for them. A worker stopped by a signal stops the whole study;
     stopping this process stops every worker (and a worker whose parent dies stops itself)."""
     ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
-    procs = [ctx.Process(target=worker_process, args=(a,), name=f"worker-{a.index}")
+    faults = ctx.SimpleQueue()  # a worker's one-line fault, printed once by this process
+    procs = [ctx.Process(target=worker_process, args=(a, faults), name=f"worker-{a.index}")
              for a in args]
     stopped = None
     try:
@@ -287,6 +336,8 @@ def run_workers(args: list[WorkerArgs], study_name: str) -> None:
                 running.remove(p)
                 if p.exitcode == STOPPED_EXIT or (p.exitcode or 0) < 0:
                     stopped = f"{p.name} was stopped by a signal"
+                elif p.exitcode == FAULT_EXIT:
+                    stopped = "fault"  # the others would hit the same disk or store
             stopped = stopped or interrupt.requested()
     finally:
         # If this process is stopped (Ctrl-C, SIGTERM, a crash) or a worker was, stop the
@@ -299,6 +350,8 @@ def run_workers(args: list[WorkerArgs], study_name: str) -> None:
             if p.is_alive():
                 p.kill()
                 p.join()
+    if not faults.empty():
+        raise StorageFault(faults.get())
     if stopped:
         raise interrupt.Stopped(stopped)
     failed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode != 0]
@@ -306,9 +359,11 @@ def run_workers(args: list[WorkerArgs], study_name: str) -> None:
         raise RuntimeError(f"study {study_name}: {', '.join(failed)} exited with an error")
 
 
-def worker_process(args: WorkerArgs) -> None:
+def worker_process(args: WorkerArgs, faults: Any) -> None:
     """A spawned worker: SIGTERM and SIGINT mean "stop": the trial's run ends KILLED, the trial
-    FAIL, and the process exits with STOPPED_EXIT, quietly. It also stops if its parent dies."""
+    FAIL, and the process exits with STOPPED_EXIT, quietly. It also stops if its parent dies.
+    A storage fault (or a store that turned unreadable) goes to ``faults`` for the sweep
+    command to print once, and the worker exits FAULT_EXIT."""
     from pipeline.logs import quiet_libraries
 
     signal.signal(signal.SIGTERM, interrupt.request_stop_once)
@@ -319,6 +374,9 @@ def worker_process(args: WorkerArgs) -> None:
         worker_main(args)
     except KeyboardInterrupt:
         sys.exit(STOPPED_EXIT)
+    except (StorageFault, ConfigError, DataError) as exc:  # e.g. the store damaged meanwhile
+        faults.put(str(exc))
+        sys.exit(FAULT_EXIT)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -346,13 +404,33 @@ def worker_main(args: WorkerArgs) -> None:
     device = worker_device(defn.base, args.index)
     objective = Objective(defn, args.parent_run_id, args.tracking_uri, args.threads, device)
     warm_up(args.tracking_uri)
-    if len(finished_trials(study)) < args.target:
-        stop = TrialBudget(args.target)
-        study.optimize(objective, timeout=args.timeout,
-                       callbacks=[stop, args.guard, stop_between_trials],
-                       catch=(Exception,), gc_after_trial=False)
-        interrupt.check()
-    parent_run.report(study, args.parent_run_id, args.tracking_uri, defn)
+    with one_line_faults(f"study {defn.name}"):
+        if len(finished_trials(study)) < args.target:
+            stop = TrialBudget(args.target)
+            study.optimize(objective, timeout=args.timeout,
+                           callbacks=[stop, args.guard, stop_between_trials],
+                           catch=(Exception,), gc_after_trial=False)
+            if objective.fault is not None:
+                raise StorageFault(fault_message(f"study {defn.name} stopped at trial "
+                                                 f"{objective.fault[0]}", objective.fault[1],
+                                                 resumes=True))
+            interrupt.check()
+        parent_run.report(study, args.parent_run_id, args.tracking_uri, defn)
+
+
+@contextlib.contextmanager
+def one_line_faults(what: str) -> Iterator[None]:
+    """A storage fault raised anywhere inside (Optuna writing a trial's end to a full disk,
+    say) becomes a StorageFault: one line for the command to print."""
+    try:
+        yield
+    except StorageFault:
+        raise
+    except Exception as exc:
+        reason = storage_fault(exc)
+        if reason is None:
+            raise
+        raise StorageFault(fault_message(what, reason, resumes=True)) from exc
 
 
 def warm_up(uri: str) -> None:
