@@ -160,6 +160,7 @@ def run_sweep_code(storage: str, trials: int | None = None) -> int:
     return main([*argv, *(["--trials", str(trials)] if trials else [])])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="tmpfs")
 def test_a_real_full_disk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """runs/ on a 1 MB tmpfs (where this machine lets root mount one): one line; with room
@@ -221,8 +222,8 @@ def as_in_a_new_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def smoke_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
-    """A finished 2-trial smoke study in the default stores (runs/ under tmp_path)."""
-    assert main(["sweep", str(SMOKE), "--workers", "1", "--no-progress", "--trials", "2"]) == 0
+    """A finished 1-trial smoke study in the default stores (runs/ under tmp_path)."""
+    assert main(["sweep", str(SMOKE), "--workers", "1", "--no-progress", "--trials", "1"]) == 0
     capsys.readouterr()
     return tmp_path / "runs"
 
@@ -233,7 +234,7 @@ def test_a_study_whose_mlflow_store_was_deleted_is_refused_and_none_created(
     journal = (smoke_study / "optuna.journal").read_bytes()
     assert main(["sweep", str(SMOKE), "--trials", "3", "--no-progress"]) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "study smoke (2 trials) cannot resume" in line and "does not exist" in line, line
+    assert "study smoke (1 trial) cannot resume" in line and "does not exist" in line, line
     assert not (smoke_study / "mlflow.db").exists()
     assert (smoke_study / "optuna.journal").read_bytes() == journal
 
@@ -334,6 +335,7 @@ def test_every_shipped_study_passes_the_pair_check() -> None:
         check_pairs(defn.space, defn.base.to_dict())
 
 
+@pytest.mark.slow
 def test_a_worker_process_that_hits_a_fault_reports_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Spawned workers: the fault travels to the sweep command, printed once (not a

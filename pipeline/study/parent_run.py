@@ -50,8 +50,9 @@ def check_kept(study: optuna.Study | None, uri: str) -> None:
     try:
         client = open_store_for_reading(uri)
     except ConfigError as exc:
-        raise ConfigError(f"study {name} ({len(study.trials)} trials) cannot resume: {exc}"
-                          ) from None
+        n = len(study.trials)
+        raise ConfigError(f"study {name} ({n} trial{'s' if n != 1 else ''}) cannot resume: "
+                          f"{exc}") from None
     try:
         client.get_run(run_id)
     except Exception:
