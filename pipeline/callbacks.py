@@ -11,7 +11,7 @@ cost ~4% of a grid25 trial on SQLite, one per epoch costs a tenth of that.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as L
 import matplotlib.pyplot as plt
@@ -20,8 +20,11 @@ from mlflow.entities import Metric
 from pipeline import interrupt
 from pipeline.dataset import Dataset
 from pipeline.module import GANModule
-from pipeline.plots import samples_figure, table_figure
+from pipeline.plots import TableFigure, samples_figure
 from pipeline.tracking import RunLogger, now_ms
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class StopOnRequest(L.Callback):
@@ -50,6 +53,10 @@ class MlflowMetrics(L.Callback):
         self.history: dict[str, list[float]] = {}
         self.epochs_evaluated: list[int] = []
         self.pictured: set[int] = set()  # the steps of the "samples" slider already logged
+        # The latest slider picture and its step: the final picture, when training ended on a
+        # pictured epoch, is the same image (a table's takes ~0.5 s to draw).
+        self._last_picture: tuple[int, Image.Image] | None = None
+        self._table_figure: TableFigure | None = None  # made at the first picture of a table
 
     def state_dict(self) -> dict[str, Any]:
         """In a checkpoint: what a resumed run needs to return the same history."""
@@ -117,12 +124,20 @@ class MlflowMetrics(L.Callback):
     def log_picture(self, pl_module: GANModule, title: str, *, step: int | None = None,
                     artifact_file: str | None = None) -> None:
         """A step-indexed image (the MLflow UI's slider), or a named artifact file."""
+        if (artifact_file is not None and self._last_picture is not None
+                and self._last_picture[0] == step):
+            self.run.client.log_image(self.run.run_id, self._last_picture[1],
+                                      artifact_file=artifact_file)
+            return
         ds = self.dataset
         samples = pl_module.picture_samples().numpy()
         if ds.table is not None:
             t = ds.table
-            fig = table_figure(t.transformer.inverse_transform(samples), t.test_frame,
-                               t.transformer.categorical, title=f"{ds.name}: {title}")
+            if self._table_figure is None:
+                self._table_figure = TableFigure(t.test_frame, t.test_frame.columns,
+                                                 t.transformer.categorical)
+            fig = self._table_figure.draw(t.transformer.inverse_transform(samples),
+                                          title=f"{ds.name}: {title}")
         else:
             fig = samples_figure(samples, image_shape=ds.image_shape,
                                  centres=None if ds.centres is None else ds.centres.numpy(),
@@ -131,6 +146,6 @@ class MlflowMetrics(L.Callback):
             self.run.client.log_figure(self.run.run_id, fig, artifact_file)
         if step is not None and step not in self.pictured:
             self.pictured.add(step)
-            self.run.log_image(fig, key="samples", step=step)  # closes the figure
+            self._last_picture = (step, self.run.log_image(fig, key="samples", step=step))
         else:
             plt.close(fig)

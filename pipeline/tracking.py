@@ -33,6 +33,7 @@ from pipeline.faults import StorageFault, fault_message, storage_fault
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.figure import Figure
+    from PIL import Image
 
 DEFAULT_STORE_DIR = Path("runs")
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -287,14 +288,17 @@ class RunLogger:
         self.client.log_figure(self.run_id, fig, artifact_file)
         plt.close(fig)
 
-    def log_image(self, fig: Figure, key: str, step: int) -> None:
-        """A step-indexed image: the MLflow UI shows a slider over the steps of ``key``."""
+    def log_image(self, fig: Figure, key: str, step: int) -> Image.Image:
+        """A step-indexed image: the MLflow UI shows a slider over the steps of ``key``. Returns
+        the rendered image (for a file of the same picture)."""
         import matplotlib.pyplot as plt
 
         from pipeline.plots import figure_image
 
-        self.client.log_image(self.run_id, figure_image(fig), key=key, step=step)
+        image = figure_image(fig)
+        self.client.log_image(self.run_id, image, key=key, step=step)
         plt.close(fig)
+        return image
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)

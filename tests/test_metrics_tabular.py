@@ -143,6 +143,41 @@ def test_shuffled_columns_keep_shapes_and_lose_pair_trends(real: pd.DataFrame) -
     assert scores["quality"] == pytest.approx((1.0 + scores["pair_trends"]) / 2)
 
 
+def unlike(real: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Synthetic rows that differ from ``real`` in many ways at once: other shapes and trends,
+    a category the real rows lack, pandas category and plain bool dtypes, a shifted range."""
+    synth = table(300, seed=seed)
+    rng = np.random.default_rng(seed)
+    synth["y"] = synth["y"] * rng.uniform(-1, 1) + rng.normal()
+    synth["x"] = synth["x"] * rng.uniform(0.5, 2)
+    synth.loc[rng.random(300) < 0.1, "colour"] = "e"
+    synth["size"] = synth["size"].astype("category")
+    synth["count"] = rng.integers(10, 90, 300)
+    return synth
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prepared_pair_trends_are_sdmetrics_own(real: pd.DataFrame, seed: int) -> None:
+    """The hand-written pair trends (Quality's fast path) against ColumnPairTrends on the same
+    pairs: numbers with numbers, numbers with categories (binned per side), categories with
+    booleans, each synthetic table unlike the real one in another way."""
+    synth = unlike(real, seed)
+    scorer = tabular.Quality(real, METADATA)
+    assert scorer.related is not None and len(scorer.related) >= 3
+    assert scorer(synth) == pytest.approx(
+        tabular._quality(real, synth, METADATA, scorer.related, 0), abs=1e-12)
+
+
+def test_a_constant_synthetic_number_drops_out_of_pair_trends_as_in_sdmetrics(
+        real: pd.DataFrame) -> None:
+    synth = unlike(real, 0).assign(y=1.5)  # x-y has no correlation on the synthetic side
+    scorer = tabular.Quality(real, METADATA)
+    ours = scorer(synth)
+    assert ours == pytest.approx(tabular._quality(real, synth, METADATA, scorer.related, 0),
+                                 abs=1e-12)
+    assert not math.isnan(ours["pair_trends"])
+
+
 def test_column_pairs_are_bounded_and_seeded() -> None:
     few = tabular.column_pairs([f"c{i}" for i in range(20)])
     assert len(few.pairs) == few.total == 190

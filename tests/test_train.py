@@ -77,6 +77,10 @@ def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> Non
     assert sorted(p.split("+")[:3] for p in images) == [["images/samples", "step", "0"],
                                                         ["images/samples", "step", "1"],
                                                         ["images/samples", "step", "2"]]
+    # Training ended on a pictured epoch: the final picture is that frame, not drawn again.
+    (last,) = [p for p in images if p.startswith("images/samples+step+2+")]
+    frame = Image.open(client.download_artifacts(result.run_id, last, str(tmp_path)))
+    assert list(final.convert("RGB").getdata()) == list(frame.convert("RGB").getdata())
     model_files = {a.path for a in client.list_artifacts(result.run_id, "model")}
     assert model_files == {"model/generator.pt", "model/discriminator.pt",
                            "model/generator.json", "model/config.yaml"}

@@ -319,7 +319,8 @@ def summary_figure(study: optuna.Study, defn: StudyDefinition, client: Any) -> F
     history.set_xlabel("trial")
     history.set_ylabel(metric)
     history.grid(alpha=0.3)
-    history.legend(fontsize=8)
+    if history.collections:  # no legend to draw (and a warning) before any trial has a value
+        history.legend(fontsize=8)
 
     front = pareto_front(study)
     picture.axis("off")
