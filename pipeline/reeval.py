@@ -239,6 +239,8 @@ def write_best_config(cfg: Config, study: str) -> Path:
     data = {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS}
     data["train"].pop("threads", None)
     data["train"].pop("progress_bar", None)
+    if data["data"].get("path"):
+        data["data"]["path"] = portable(data["data"]["path"])
     BEST_DIR.mkdir(parents=True, exist_ok=True)
     path = BEST_DIR / f"{study}.yaml"
     header = (f"# The best configuration the {study} study found (re-evaluated on fresh seeds: "
@@ -246,6 +248,16 @@ def write_best_config(cfg: Config, study: str) -> Path:
               f"studies/best/{study}.yaml train.seed=N\n")
     path.write_text(header + yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def portable(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it: the file is committed
+    beside studies/, and a clone elsewhere reads runs/data/x.csv where an absolute path would
+    name this machine's folder (data.path is read relative to where the command runs)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:  # outside the project: the user's own file stays where it is
+        return path
 
 
 def summary_table(report: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from slow_helpers import SMOKE
 
 from pipeline.__main__ import main
 from pipeline.config_load import load_config
-from pipeline.reeval import FIRST_SEED, stderr
+from pipeline.reeval import FIRST_SEED, portable, stderr, write_best_config
 from pipeline.study.spec import load_study_file
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, open_storage
 from pipeline.study.sweep import run_sweep
@@ -69,6 +69,17 @@ def test_reeval_study(tmp_path: Path, store_uri: str, monkeypatch: pytest.Monkey
     assert best.train.g_lr == float(best_run.data.params["train.g_lr"])
     assert "tracking" not in yaml.safe_load((tmp_path / "studies" / "best" / "smoke.yaml")
                                             .read_text())
+
+
+def test_the_best_config_names_a_data_file_below_the_project_relatively(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert portable(str(tmp_path / "runs" / "data" / "penguins.csv")) == "runs/data/penguins.csv"
+    assert portable("/elsewhere/mine.csv") == "/elsewhere/mine.csv"
+    cfg = load_config(None, ["data.name=table",
+                             f"data.path={tmp_path / 'runs' / 'data' / 'penguins.csv'}"])
+    written = yaml.safe_load(write_best_config(cfg, "t").read_text())
+    assert written["data"]["path"] == "runs/data/penguins.csv"
 
 
 def test_reeval_config_file(tiny_config, tmp_path: Path, store_uri: str) -> None:

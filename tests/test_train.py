@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as L
+import numpy as np
 import pytest
 import torch
 from fit_helper import fit
@@ -80,7 +81,7 @@ def test_tiny_run_is_tracked(tiny_config, store_uri: str, tmp_path: Path) -> Non
     # Training ended on a pictured epoch: the final picture is that frame, not drawn again.
     (last,) = [p for p in images if p.startswith("images/samples+step+2+")]
     frame = Image.open(client.download_artifacts(result.run_id, last, str(tmp_path)))
-    assert list(final.convert("RGB").getdata()) == list(frame.convert("RGB").getdata())
+    assert np.array_equal(np.asarray(final.convert("RGB")), np.asarray(frame.convert("RGB")))
     model_files = {a.path for a in client.list_artifacts(result.run_id, "model")}
     assert model_files == {"model/generator.pt", "model/discriminator.pt",
                            "model/generator.json", "model/config.yaml"}
