@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from slow_helpers import SMOKE
 
 from pipeline.config import PROJECT_ROOT, ConfigError
-from pipeline.study import parent_run
+from pipeline.study import parent_run, store
 from pipeline.study.space import sample
 from pipeline.study.spec import load_study_file, parse_study
 from pipeline.study.store import (
@@ -185,7 +185,8 @@ enqueue:
 """
 
 
-def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
+def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     uri, storage = study_env
     defn = parse_study(SMOKE.read_text() + GOOD_THEN_BAD, default_name="smoke")
     summary = run_sweep(defn, storage=storage, progress=False)
@@ -280,6 +281,17 @@ def test_smoke_study_end_to_end_and_resume(study_env: tuple[str, str]) -> None:
     client.set_tag(parent_id, "n_finished", "7")
     parent_run.report(study, parent_id, uri, defn)
     assert len(client.get_metric_history(parent_id, "best_value")) == history
+
+    # Two workers that stop together both pass that check; the one that counted before the
+    # other's last trial ended but wrote after it sees so once written, and reports again.
+    client.set_tag(parent_id, "n_finished", "0")
+    counted = [parent_run.trial_counts(study)]
+    counted[0]["complete" if counted[0]["complete"] else "pruned"] -= 1
+    monkeypatch.setattr(parent_run, "trial_counts",
+                        lambda s: counted.pop() if counted else store.trial_counts(s))
+    parent_run.report(study, parent_id, uri, defn)
+    assert client.get_run(parent_id).data.tags["n_finished"] == "6"
+    assert len(client.get_metric_history(parent_id, "best_value")) == history + 2
 
 
 def test_one_parent_run_when_machines_start_a_study_together(study_env: tuple[str, str]) -> None:

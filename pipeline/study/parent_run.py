@@ -27,6 +27,7 @@ from pipeline.study.store import (
     PARENT_ATTR,
     RUN_ATTR,
     best_trial,
+    finished_trials,
     pareto_front,
     trial_counts,
 )
@@ -120,8 +121,19 @@ def report(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) ->
 
     Every worker (and every machine) reports when it stops. A report older than the one already
     there (a worker that stopped first but was slow to draw its plots) is skipped rather than
-    overwrite it. Counts are tags, not metrics: bookkeeping stays out of the metric charts.
+    overwrite it. Two workers that stop together can both pass that check and write in either
+    order, so a worker whose report turns out older than the study once written reports again:
+    the last report written counts every trial that had finished before it. Counts are tags,
+    not metrics: bookkeeping stays out of the metric charts.
     """
+    written = report_once(study, run_id, uri, defn)
+    while written is not None and written < len(finished_trials(study)):
+        written = report_once(study, run_id, uri, defn)
+
+
+def report_once(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) -> int | None:
+    """``report``'s one pass: the finished trials it counted, or None when a report counting
+    more was already there."""
     counts = trial_counts(study)
     n_finished = counts["complete"] + counts["pruned"]
     best = best_trial(study)
@@ -141,7 +153,7 @@ def report(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) ->
 
     parent = client.get_run(run_id)
     if int(parent.data.tags.get("n_finished", -1)) > n_finished:
-        return
+        return None
     logger = RunLogger(client, run_id)
     experiment = parent.info.experiment_id
     if best is not None:
@@ -167,6 +179,7 @@ def report(study: optuna.Study, run_id: str, uri: str, defn: StudyDefinition) ->
             log_plotly(client, run_id, fig, f"plots/{name}")
         else:
             logger.log_figure(fig, f"plots/{name}.png")
+    return n_finished
 
 
 def log_plotly(client: Any, run_id: str, fig: Any, artifact_file: str) -> None:
