@@ -56,9 +56,10 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
         if floor:
             run.log_metrics({f"{FLOOR_PREFIX}{k}": v for k, v in floor.items()}, step=0)
     model_id = start_logged_model(run) if cfg.tracking.log_weights else None
-    tracker = MlflowMetrics(run, prep.dataset, model_id=model_id,
-                            sample_every_n_epochs=cfg.train.sample_every_n_epochs)
     saver = EpochCheckpoint(run.run_id, cfg) if checkpoint or resume else None
+    tracker = MlflowMetrics(run, prep.dataset, model_id=model_id,
+                            sample_every_n_epochs=cfg.train.sample_every_n_epochs,
+                            flush_every_epoch=saver is not None)
     # tracker first: it logs an evaluation before a pruning callback raises; the checkpoint
     # last: it saves what the others logged
     trainer = make_trainer(cfg, prep.device, [tracker, *callbacks, *([saver] if saver else []),

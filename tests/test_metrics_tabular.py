@@ -298,10 +298,10 @@ def test_dcr_share_counts_ties_half() -> None:
 
 # --- the Evaluator on a table ------------------------------------------------------------------
 
-TABLE_METRICS = ["fid", "kid", "precision", "recall", "density", "coverage", "classes_covered",
+TABLE_METRICS = ["fid", "precision", "recall", "density", "coverage", "classes_covered",
                  "class_kl", "column_shapes", "pair_trends", "quality", "category_coverage",
                  "category_kl", "detection", "detection_auc", "dcr_share"]
-TABLE_ONLY = ["fid", *TABLE_METRICS[6:]]
+TABLE_ONLY = ["fid", *TABLE_METRICS[5:]]
 
 
 def table_dataset(train: pd.DataFrame, test: pd.DataFrame, categorical: tuple[str, ...],
@@ -430,6 +430,7 @@ def test_applicability_is_decided_by_the_loaded_table() -> None:
     here = registry.applicable_metrics(plain)
     assert "category_coverage" not in here and "classes_covered" not in here
     assert {"quality", "detection", "dcr_share", "fid"} <= set(here)
+    assert "kid" not in registry.applicable_metrics(TableEntry()) and "kid" not in here
     with pytest.raises(ValueError, match=r"\['category_coverage'\] do not apply to this table "
                        r"dataset \(no categorical columns\)"):
         Evaluator(plain, n_samples=50, metrics=["category_coverage"])

@@ -108,6 +108,10 @@ def _any(traits: DatasetTraits) -> bool:
     return True
 
 
+def _not_tables(traits: DatasetTraits) -> bool:
+    return traits.kind != "table"
+
+
 def _images(traits: DatasetTraits) -> bool:
     return traits.kind == "images"
 
@@ -339,7 +343,10 @@ FAMILIES: tuple[Family, ...] = (
     # KID: torchmetrics' unbiased estimate of MMD^2 (cubic polynomial kernel), the mean over
     # KID_SUBSETS subsets, reported raw, not x1000 as papers often print it. Being unbiased it
     # can come out slightly below 0 when the two sets are alike: near 0 means indistinguishable.
-    Family((Metric("kid", "lower"),), _any, _kid),
+    # Not on tables: a second kernel distance in the encoded space FID already measures, which
+    # the table field does not use, and most of a full table evaluation (0.33 of 0.53 s at 20
+    # columns, 1.1 of 1.9 s at 100).
+    Family((Metric("kid", "lower"),), _not_tables, _kid, lacks="not on tables"),
     Family((Metric("precision", "higher"), Metric("recall", "higher"),
             Metric("density", "higher"), Metric("coverage", "higher")), _any, _prdc),
     # PacGAN / VEEGAN protocol: needs the known mixture centres.
