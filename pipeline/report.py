@@ -162,6 +162,74 @@ def _all_modes(report: dict[str, Any]) -> bool:
     return all(p["modes_covered"] >= n for p in report["per_seed"])
 
 
+# The 2-D mixtures block: PacGAN's protocol columns per mixture, published rows first.
+MIXTURES = ("ring8", "grid25")
+MIXTURE_COLUMNS = ("modes_covered", "high_quality", "reverse_kl")
+# Lin et al. 2018 (PacGAN), Table 1: 2,500 samples, the mean of 10 runs; (modes, HQ, reverse
+# KL) as the paper prints them.
+PUBLISHED_MIXTURE_ROWS = (
+    ("GAN (PacGAN Table 1)", {"ring8": ("6.3", "98.2%", "0.45"),
+                              "grid25": ("17.3", "94.8%", "0.70")}),
+    ("PacGAN2", {"ring8": ("7.9", "95.6%", "0.07"), "grid25": ("23.8", "91.3%", "0.13")}),
+    ("PacGAN4", {"ring8": ("7.8", "95.9%", "0.07"), "grid25": ("24.8", "93.6%", "0.04")}),
+)
+# (title, file name per mixture): a row whose files are not both there is left out.
+MIXTURE_ROWS = (
+    ("seed article's GAN (`conf/seed_article.yaml`, 20 epochs of the 100k points)",
+     "seed_article_{}"),
+    ("**this project**: best of its study (`reeval`)", "{}"),
+)
+
+
+def mixture_cell(report: dict[str, Any], metric: str) -> str:
+    """mean ± standard error, and the worst seed (the fewest modes, the lowest high quality,
+    the highest reverse KL)."""
+    mean, se = report["mean"][metric], report["stderr"][metric]
+    values = [p[metric] for p in report["per_seed"]]
+    if metric == "modes_covered":
+        return f"{mean:.2f} ± {se:.2f} (min {min(values):.0f})"
+    if metric == "high_quality":
+        return f"{100 * mean:.1f} ± {100 * se:.1f}% (min {100 * min(values):.1f}%)"
+    return f"{mean:.4f} ± {se:.4f} (worst {max(values):.4f})"
+
+
+def floor_cell(floor: dict[str, float], metric: str) -> str:
+    if metric not in floor:
+        return "-"
+    value = floor[metric]
+    return {"modes_covered": f"{value:.0f}", "high_quality": f"{100 * value:.1f}%"}.get(
+        metric, f"{value:.4f}")
+
+
+def mixtures_table(results: Path) -> str | None:
+    """PacGAN's rows, then each re-evaluated row that has both mixtures' files (seeds in the
+    title), then the real samples' floor from the project's own files; None without them."""
+    project = [results / f"{name}.json" for name in MIXTURES]
+    if not all(p.exists() for p in project):
+        return None
+    head = ["", *[f"{m} {label}" for m in MIXTURES
+                  for label in ("modes", "high quality", "reverse KL")]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for title, published in PUBLISHED_MIXTURE_ROWS:
+        lines.append("| " + " | ".join([title, *[c for m in MIXTURES for c in published[m]]])
+                     + " |")
+    for title, pattern in MIXTURE_ROWS:
+        paths = [results / f"{pattern.format(m)}.json" for m in MIXTURES]
+        if not all(p.exists() for p in paths):
+            continue
+        reports = [json.loads(p.read_text()) for p in paths]
+        counts = [len(r["seeds"]) for r in reports]
+        seeds = (f"{counts[0]}" if len(set(counts)) == 1
+                 else ", ".join(f"{m} {n}" for m, n in zip(MIXTURES, counts, strict=True)))
+        lines.append("| " + " | ".join([f"{title}, {seeds} fresh seeds", *[
+            mixture_cell(r, metric) for r in reports for metric in MIXTURE_COLUMNS]]) + " |")
+    floors = [json.loads(p.read_text()).get("floor") or {} for p in project]
+    if any(floors):
+        lines.append("| real samples through the same metrics (the floor) | " + " | ".join(
+            floor_cell(f, metric) for f in floors for metric in MIXTURE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
 def rewrite(readme: Path, blocks: dict[str, str]) -> str:
     """README text with each ``<!-- report:NAME -->...<!-- /report:NAME -->`` block replaced."""
     text = readme.read_text()
@@ -182,6 +250,9 @@ def write_report(readme: str | Path = "README.md", results: str | Path = "result
     names."""
     blocks = {name: markdown_table(rows)
               for name, rows in table_blocks(Path(results)).items() if rows}
+    mixtures = mixtures_table(Path(results))
+    if mixtures is not None:
+        blocks["mixtures"] = mixtures
     for name, paths in front_blocks(Path(results)).items():
         blocks[name] = front_table(paths)
         front_figure(paths, Path(results) / f"{name.removeprefix('front-')}-front.png")

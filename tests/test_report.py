@@ -86,3 +86,37 @@ def test_a_front_block_names_the_smallest_generator_that_covers_every_mode(
     assert "covers all modes on every fresh seed with mean high quality >= 95%: G 64x64, " \
            "4,482 parameters" in text
     assert (results / "size-front.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def mixture_file(path: Path, modes: list[float], hq: list[float], floor: bool) -> None:
+    per_seed = [{"modes_covered": m, "high_quality": q, "reverse_kl": 0.01 * (i + 1)}
+                for i, (m, q) in enumerate(zip(modes, hq, strict=True))]
+    keys = per_seed[0].keys()
+    path.write_text(json.dumps({
+        "seeds": list(range(len(modes))), "per_seed": per_seed,
+        "mean": {k: sum(p[k] for p in per_seed) / len(per_seed) for k in keys},
+        "stderr": {k: 0.001 for k in keys},
+        **({"floor": {"modes_covered": 25.0, "high_quality": 0.9891, "reverse_kl": 0.0048}}
+           if floor else {}),
+        "seconds": 10.0}))
+
+
+def test_the_mixtures_block_puts_each_row_beside_the_published_ones_and_the_floor(
+        tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    mixture_file(results / "ring8.json", [8, 8, 8], [0.97, 0.98, 0.96], floor=True)
+    mixture_file(results / "grid25.json", [25, 25, 24], [0.96, 0.90, 0.95], floor=True)
+    mixture_file(results / "seed_article_ring8.json", [8], [0.2], floor=False)  # no grid25 file
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:mixtures -->\n<!-- /report:mixtures -->\n")
+    assert write_report(readme, results) == ["mixtures"]
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert rows[1] == "| GAN (PacGAN Table 1) | 6.3 | 98.2% | 0.45 | 17.3 | 94.8% | 0.70 |"
+    assert not any("seed article" in r for r in rows)  # one of its two files is missing
+    ours = rows[4]
+    assert ours.startswith("| **this project**") and "3 fresh seeds" in ours
+    assert "97.0 ± 0.1% (min 96.0%)" in ours and "24.67 ± 0.00 (min 24)" in ours
+    assert "93.7 ± 0.1% (min 90.0%)" in ours and "(worst 0.0300)" in ours
+    assert rows[5] == ("| real samples through the same metrics (the floor) | 25 | 98.9% | "
+                       "0.0048 | 25 | 98.9% | 0.0048 |")
