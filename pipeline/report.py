@@ -186,11 +186,12 @@ def mixture_cell(report: dict[str, Any], metric: str) -> str:
     the highest reverse KL)."""
     mean, se = report["mean"][metric], report["stderr"][metric]
     values = [p[metric] for p in report["per_seed"]]
+    worst = max(values) if METRICS[metric].better == "lower" else min(values)
     if metric == "modes_covered":
-        return f"{mean:.2f} ± {se:.2f} (min {min(values):.0f})"
+        return f"{mean:.2f} ± {se:.2f} (min {worst:.0f})"
     if metric == "high_quality":
-        return f"{100 * mean:.1f} ± {100 * se:.1f}% (min {100 * min(values):.1f}%)"
-    return f"{mean:.4f} ± {se:.4f} (worst {max(values):.4f})"
+        return f"{100 * mean:.1f} ± {100 * se:.1f}% (min {100 * worst:.1f}%)"
+    return f"{mean:.4f} ± {se:.4f} (worst {worst:.4f})"
 
 
 def floor_cell(floor: dict[str, float], metric: str) -> str:
@@ -207,6 +208,7 @@ def mixtures_table(results: Path) -> str | None:
     project = [results / f"{name}.json" for name in MIXTURES]
     if not all(p.exists() for p in project):
         return None
+    floors = [json.loads(p.read_text()).get("floor") or {} for p in project]
     head = ["", *[f"{m} {label}" for m in MIXTURES
                   for label in ("modes", "high quality", "reverse KL")]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -223,7 +225,6 @@ def mixtures_table(results: Path) -> str | None:
                  else ", ".join(f"{m} {n}" for m, n in zip(MIXTURES, counts, strict=True)))
         lines.append("| " + " | ".join([f"{title}, {seeds} fresh seeds", *[
             mixture_cell(r, metric) for r in reports for metric in MIXTURE_COLUMNS]]) + " |")
-    floors = [json.loads(p.read_text()).get("floor") or {} for p in project]
     if any(floors):
         lines.append("| real samples through the same metrics (the floor) | " + " | ".join(
             floor_cell(f, metric) for f in floors for metric in MIXTURE_COLUMNS) + " |")
