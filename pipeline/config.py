@@ -170,6 +170,9 @@ class EvalConfig:
     full_every_n_epochs: int | None = None
     always: list[str] = field(default_factory=list)
     cache_dir: str = "runs/cache"  # the FID feature classifiers are trained once and kept here
+    # Also score the final G through Discriminator Rejection Sampling (drs.py), logged as
+    # drs/<metric> beside the raw G's val/<metric>; never in place of them.
+    drs: bool = False
 
     def validate(self) -> None:
         check_range("eval.n_samples", self.n_samples, MIN_SAMPLES, 1_000_000)
@@ -216,6 +219,9 @@ class Config:
                 f"model.pack: got {self.model.pack}, expected at most train.batch_size "
                 f"({self.train.batch_size})"
             )
+        if self.eval.drs and self.model.pack != 1:
+            raise ConfigError(f"eval.drs: needs model.pack 1 (got {self.model.pack}): rejection "
+                              "sampling reads D's logit of each sample, a packed D has one a pack")
         if self.eval.every_n_epochs > self.train.epochs:
             raise ConfigError(
                 f"eval.every_n_epochs: got {self.eval.every_n_epochs}, expected at most "

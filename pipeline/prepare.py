@@ -37,9 +37,10 @@ STEPS_PER_BATCH = 64
 EVAL_BATCH = 4096
 # The seeds a run draws from train.seed: the networks' initialisation uses the seed itself, the
 # picture's fixed latent points seed + 1, the evaluation's latent points seed + 2, so that none
-# of the three streams repeats another.
+# of the three streams repeats another; rejection sampling (eval.drs) draws from seed + 3.
 PICTURE_SEED_OFFSET = 1
 EVAL_SEED_OFFSET = 2
+DRS_SEED_OFFSET = 3
 # The evaluator's real subsample is drawn from a fixed seed, not the run's: every run of a study
 # is then scored against the same real rows, so their metrics compare.
 EVALUATOR_SEED = 0

@@ -91,13 +91,13 @@ def reevaluate(*, study: str | None = None, config: str | None = None, seeds: in
         "study": name,
         "config": {k: v for k, v in cfg.to_dict().items() if k not in RUN_ONLY_KEYS},
         "seeds": fresh,
-        "per_seed": per_seed,
-        "mean": {k: mean([p[k] for p in per_seed]) for k in per_seed[0]},
-        "stderr": {k: stderr([p[k] for p in per_seed]) for k in per_seed[0]},
+        **seed_summary(per_seed),
         "floor": {k: mean([r["floor"][k] for r in results]) for k in results[0]["floor"]},
         # what the search saw for this trial (its last evaluations' mean, on the search's
         # seed): optimistic, the winner of many noisy draws; beside the fresh seeds' mean
         "search": {k.removeprefix(VAL_PREFIX): v for k, v in search.items()},
+        # eval.drs: the same seeds' final G filtered by rejection sampling, a row of its own
+        **({"drs": seed_summary([r["drs"] for r in results])} if results[0]["drs"] else {}),
         "seconds": round(time.time() - start, 1),
         "seconds_per_seed": round(mean([r["seconds"] for r in results]), 1),
         "runs": [r["run_id"] for r in results],
@@ -210,7 +210,14 @@ def train_seed(cfg_dict: dict[str, Any], name: str, parent: str, seed: int) -> d
     if not result.metrics:
         raise ConfigError(f"seed {seed}: no evaluation ran")
     return {"run_id": result.run_id, "metrics": result.metrics, "floor": result.floor,
-            "costs": result.costs, "seconds": time.time() - start}
+            "costs": result.costs, "drs": result.drs, "seconds": time.time() - start}
+
+
+def seed_summary(per_seed: list[dict[str, float]]) -> dict[str, Any]:
+    """The seeds' values, their mean and standard error, per metric."""
+    keys = per_seed[0]
+    return {"per_seed": per_seed, "mean": {k: mean([p[k] for p in per_seed]) for k in keys},
+            "stderr": {k: stderr([p[k] for p in per_seed]) for k in keys}}
 
 
 def mean(values: list[float]) -> float:
@@ -274,6 +281,10 @@ def summary_table(report: dict[str, Any]) -> str:
         low = min(p[k] for p in report["per_seed"])
         lines.append(f"{k:<18} {v:>10.4g} {report['stderr'][k]:>10.3g} {low:>10.4g} "
                      f"{cell(floor, k)} {cell(search, k)}".rstrip())
+    drs = report.get("drs") or {"mean": {}}
+    for k, v in drs["mean"].items():
+        low = min(p[k] for p in drs["per_seed"])
+        lines.append(f"{'drs/' + k:<18} {v:>10.4g} {drs['stderr'][k]:>10.3g} {low:>10.4g}")
     if search:
         lines.append("search: the trial's value in the study (its last evaluations, one seed)")
     return "\n".join(lines)

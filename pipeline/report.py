@@ -38,7 +38,7 @@ def table_blocks(results: Path) -> dict[str, list[tuple[str, Path]]]:
     return blocks
 
 
-def cell(report: dict[str, Any], metric: str) -> str:
+def cell(report: dict[str, Any], metric: str, fmt: str = ".3f") -> str:
     """mean ± standard error (the worst seed) over the seeds."""
     if metric not in report["mean"]:
         return "-"
@@ -47,7 +47,44 @@ def cell(report: dict[str, Any], metric: str) -> str:
         return "n/a"
     values = [p[metric] for p in report["per_seed"] if math.isfinite(p.get(metric, math.nan))]
     worst = max(values) if METRICS[metric].better == "lower" else min(values)
-    return f"{mean:.3f} ± {se:.3f} (worst {worst:.3f})"
+    return f"{mean:{fmt}} ± {se:{fmt}} (worst {worst:{fmt}})"
+
+
+# The Fashion-MNIST block: a row per file (those that exist), then the project's floor.
+IMAGE_COLUMNS = (("fid", "FID (classifier features)", ".1f"),
+                 ("classes_covered", "classes covered", ".1f"),
+                 ("class_kl", "class KL", ".3f"), ("precision", "precision", ".2f"),
+                 ("recall", "recall", ".2f"), ("ndb_fraction", "NDB bins that differ", ".2f"))
+IMAGE_ROWS = (
+    ("seed article's GAN (`conf/seed_article.yaml`, 20 epochs)", "seed_article"),
+    ("PyTorch Lightning's GAN example (`conf/lightning_gan.yaml`, 10 epochs)",
+     "lightning_gan"),
+    ("**this project**: best of the fashion_mnist study (10 epochs)", "fashion_mnist"),
+)
+
+
+def images_table(results: Path) -> str | None:
+    """The Fashion-MNIST rows and the real-vs-real floor (the test split against the training
+    rows); None without the project's file."""
+    rows = [(title, results / f"{name}.json") for title, name in IMAGE_ROWS]
+    rows = [(title, path) for title, path in rows if path.exists()]
+    if not any(path.stem == IMAGE_ROWS[-1][1] for _, path in rows):
+        return None
+    head = ["row", *[label for _, label, _ in IMAGE_COLUMNS], "seeds", "wall s / seed", "file"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    floor: dict[str, float] = {}
+    for title, path in rows:
+        report = json.loads(path.read_text())
+        floor = report.get("floor") or floor
+        per_seed = report.get("seconds_per_seed") or report["seconds"] / len(report["seeds"])
+        lines.append("| " + " | ".join([
+            title, *[cell(report, metric, fmt) for metric, _, fmt in IMAGE_COLUMNS],
+            str(len(report["seeds"])), f"{per_seed:.0f}", f"`{path.as_posix()}`"]) + " |")
+    if floor:
+        lines.append("| real test images against the training images (the floor) | " + " | ".join(
+            f"{floor[m]:{fmt}}" if m in floor else "-" for m, _, fmt in IMAGE_COLUMNS)
+            + " | | | |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: Sequence[tuple[str, Path]]) -> str:
@@ -208,7 +245,8 @@ def mixtures_table(results: Path) -> str | None:
     project = [results / f"{name}.json" for name in MIXTURES]
     if not all(p.exists() for p in project):
         return None
-    floors = [json.loads(p.read_text()).get("floor") or {} for p in project]
+    own = [json.loads(p.read_text()) for p in project]
+    floors = [r.get("floor") or {} for r in own]
     head = ["", *[f"{m} {label}" for m in MIXTURES
                   for label in ("modes", "high quality", "reverse KL")]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -225,10 +263,20 @@ def mixtures_table(results: Path) -> str | None:
                  else ", ".join(f"{m} {n}" for m, n in zip(MIXTURES, counts, strict=True)))
         lines.append("| " + " | ".join([f"{title}, {seeds} fresh seeds", *[
             mixture_cell(r, metric) for r in reports for metric in MIXTURE_COLUMNS]]) + " |")
+    if any("drs" in r for r in own):  # a filter on G: its own row, never in place of G's
+        lines.append("| " + " | ".join([f"{DRS_ROW}, acceptance " + ", ".join(
+            f"{m} {100 * r['drs']['mean']['acceptance']:.0f}%" for m, r in zip(
+                MIXTURES, own, strict=True) if "drs" in r), *[
+            mixture_cell(r["drs"], metric) if "drs" in r else "-"
+            for r in own for metric in MIXTURE_COLUMNS]]) + " |")
     if any(floors):
         lines.append("| real samples through the same metrics (the floor) | " + " | ".join(
             floor_cell(f, metric) for f in floors for metric in MIXTURE_COLUMNS) + " |")
     return "\n".join(lines)
+
+
+DRS_ROW = ("the same seeds' generators through Discriminator Rejection Sampling (Azadi et al. "
+           "2019; `eval.drs`: a filter on G's samples, not G)")
 
 
 def rewrite(readme: Path, blocks: dict[str, str]) -> str:
@@ -254,6 +302,9 @@ def write_report(readme: str | Path = "README.md", results: str | Path = "result
     mixtures = mixtures_table(Path(results))
     if mixtures is not None:
         blocks["mixtures"] = mixtures
+    images = images_table(Path(results))
+    if images is not None:
+        blocks["fashion_mnist"] = images
     for name, paths in front_blocks(Path(results)).items():
         blocks[name] = front_table(paths)
         front_figure(paths, Path(results) / f"{name.removeprefix('front-')}-front.png")

@@ -18,14 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import lightning.pytorch as L
+import torch
 
 from pipeline.callbacks import MlflowMetrics, StopOnRequest
 from pipeline.checkpoint import EpochCheckpoint, checkpoint_path, resume_config
 from pipeline.config import Config, ConfigError
 from pipeline.costs import costs
 from pipeline.devices import lightning_devices
+from pipeline.drs import calibrate, rejection_sample
 from pipeline.model_log import discard_logged_model, log_weights, start_logged_model
-from pipeline.prepare import Prepared
+from pipeline.prepare import DRS_SEED_OFFSET, EVAL_BATCH, Prepared
 from pipeline.tracking import RunLogger, get_client, tracking_uri
 
 
@@ -37,6 +39,7 @@ class FitResult:
     epochs_evaluated: list[int]
     floor: dict[str, float]  # the same metrics for real rows: what a perfect generator scores
     costs: dict[str, float]  # 'cost/<name>': size, FLOPs, latency, training time (costs.py)
+    drs: dict[str, float]  # eval.drs: the final G through rejection sampling, keys <name>
 
 
 def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (),
@@ -80,16 +83,33 @@ def train(prep: Prepared, run: RunLogger, *, callbacks: Sequence[L.Callback] = (
     # the final picture: a file, and the slider's last step (unless that epoch has one)
     tracker.log_picture(module, f"after {epochs}", artifact_file="samples/final.png",
                         step=cfg.train.epochs)
+    drs = rejection_sampled(prep) if cfg.eval.drs else {}
+    if drs:
+        run.log_metrics({f"{DRS_PREFIX}{k}": v for k, v in drs.items()}, step=cfg.train.epochs)
     if model_id:
         log_weights(run, module, cfg, prep.dataset, model_id)
     if saver is not None:
         saver.remove()
     final = {k: v[-1] for k, v in tracker.history.items()}
     return FitResult(run.run_id, final, dict(tracker.history), tracker.epochs_evaluated, floor,
-                     cost)
+                     cost, drs)
 
 
 FLOOR_PREFIX = "floor/"  # floor/<metric>: the metric of real rows, beside val/<metric>
+DRS_PREFIX = "drs/"  # drs/<metric>: the final G filtered by rejection sampling (drs.py)
+
+
+def rejection_sampled(prep: Prepared) -> dict[str, float]:
+    """The final evaluation's metrics for eval.n_samples samples that DRS accepted, with the
+    share of G's samples it accepted (``acceptance``)."""
+    cfg, module = prep.cfg, prep.module
+    seed = cfg.train.seed + DRS_SEED_OFFSET
+    real = prep.dataset.train.to(prep.device, torch.float32)
+    d = calibrate(module.discriminator, module.evaluated_generator, real,
+                  batch_size=cfg.train.batch_size, lr=cfg.train.d_lr, seed=seed)
+    samples, accepted = rejection_sample(module.evaluated_generator, d, cfg.eval.n_samples,
+                                         seed=seed, batch=EVAL_BATCH)
+    return {**prep.evaluator.evaluate(samples), "acceptance": accepted}
 
 
 def real_floor(prep: Prepared) -> dict[str, float]:

@@ -120,3 +120,55 @@ def test_the_mixtures_block_puts_each_row_beside_the_published_ones_and_the_floo
     assert "93.7 ± 0.1% (min 90.0%)" in ours and "(worst 0.0300)" in ours
     assert rows[5] == ("| real samples through the same metrics (the floor) | 25 | 98.9% | "
                        "0.0048 | 25 | 98.9% | 0.0048 |")
+
+
+def test_the_drs_row_stands_apart_from_the_generators_row(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    mixture_file(results / "ring8.json", [8, 8], [0.96, 0.95], floor=True)
+    mixture_file(results / "grid25.json", [25, 25], [0.94, 0.95], floor=True)
+    report = json.loads((results / "ring8.json").read_text())
+    drs = [{"modes_covered": 8.0, "high_quality": q, "reverse_kl": 0.002, "acceptance": 0.3}
+           for q in (0.99, 0.98)]
+    report["drs"] = {"per_seed": drs,
+                     "mean": {"modes_covered": 8.0, "high_quality": 0.985, "reverse_kl": 0.002,
+                              "acceptance": 0.3},
+                     "stderr": {"modes_covered": 0.0, "high_quality": 0.005, "reverse_kl": 0.0,
+                                "acceptance": 0.0}}
+    (results / "ring8.json").write_text(json.dumps(report))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:mixtures -->\n<!-- /report:mixtures -->\n")
+    write_report(readme, results)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert "95.5 ± 0.1% (min 95.0%)" in rows[4]  # the raw generator's row is unchanged
+    assert "Rejection Sampling" in rows[5] and "acceptance ring8 30%" in rows[5]
+    assert rows[5].endswith("| 98.5 ± 0.5% (min 98.0%) | 0.0020 ± 0.0000 (worst 0.0020) "
+                            "| - | - | - |")
+    assert rows[6].startswith("| real samples")
+
+
+def image_file(path: Path, fid: list[float], recall: float, floor: bool) -> None:
+    per_seed = [{"fid": f, "recall": recall, "classes_covered": 10.0} for f in fid]
+    keys = per_seed[0].keys()
+    path.write_text(json.dumps({
+        "seeds": list(range(len(fid))), "per_seed": per_seed,
+        "mean": {k: sum(p[k] for p in per_seed) / len(per_seed) for k in keys},
+        "stderr": {k: 0.5 for k in keys}, "seconds": 100.0 * len(fid),
+        **({"floor": {"fid": 1.25, "recall": 0.97, "classes_covered": 10.0}} if floor else {})}))
+
+
+def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    image_file(results / "seed_article.json", [260.0, 270.0], 0.44, floor=True)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:fashion_mnist -->\n<!-- /report:fashion_mnist -->\n")
+    assert write_report(readme, results) == []  # no project row: no block
+    image_file(results / "fashion_mnist.json", [18.0, 20.0, 22.0], 0.25, floor=True)
+    assert write_report(readme, results) == ["fashion_mnist"]
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 4  # head, seed article, this project (no Lightning file), the floor
+    assert rows[1].startswith("| seed article's GAN") and "265.0 ± 0.5 (worst 270.0)" in rows[1]
+    assert "20.0 ± 0.5 (worst 22.0)" in rows[2] and "| 3 | 100 |" in rows[2]
+    assert rows[3].startswith("| real test images") and "| 1.2 | 10.0 | - | - | 0.97 | - |" \
+        in rows[3]
