@@ -192,7 +192,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     defn = load_study_file(args.study_file, data=args.data)  # fail fast, before heavy imports
     check_data(defn.base)
     workers = capped_workers(args.workers, defn.base.train.accelerator)
-    from pipeline.study.sweep import run_sweep, summary_lines
+    from pipeline.study.summary import summary_lines
+    from pipeline.study.sweep import run_sweep
 
     summary = run_sweep(defn, n_trials=args.trials, workers=workers, storage=args.storage,
                         progress=not args.no_progress, allow_changes=args.allow_changes)

@@ -30,7 +30,8 @@ from pipeline.study.store import (
     create_or_load,
     open_storage,
 )
-from pipeline.study.sweep import SweepError, run_sweep, seed_offset
+from pipeline.study.sweep import SweepError, run_sweep
+from pipeline.study.worker import seed_offset
 from pipeline.tracking import mask_secrets
 
 TINY = ["data.n_points=512", "train.epochs=1", "train.steps_per_epoch=2", "eval.n_samples=100",

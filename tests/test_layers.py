@@ -24,7 +24,7 @@ FLOORS: list[list[str]] = [
     ["pipeline.config_load"],  # YAML and key=value -> a Config; how a value is shown
     ["pipeline.config"],
     # the registries (what config validates against) and leaf utilities
-    ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.metrics",
+    ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.drs", "pipeline.metrics",
      "pipeline.plots", "pipeline.logs", "pipeline.interrupt", "pipeline.batches",
      "pipeline.devices", "pipeline.outputs"],
     # the readers: files and generators -> a Dataset, from plain arguments
@@ -32,7 +32,7 @@ FLOORS: list[list[str]] = [
     ["pipeline.dataset", "pipeline.errors", "pipeline.faults", "pipeline"],
 ]
 STUDY_ORDER = ["conditions", "space", "spec", "store", "choice", "recover", "objective",
-               "parent_run", "sweep"]
+               "parent_run", "worker", "summary", "sweep"]
 
 
 def floor_of(module: str) -> int:

@@ -21,7 +21,8 @@ from pipeline.study.choice import chosen_trial
 from pipeline.study.conditions import Condition, parse_pick
 from pipeline.study.spec import parse_study
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SCORES_ATTR, find_study, pareto_front
-from pipeline.study.sweep import run_sweep, summary_lines
+from pipeline.study.summary import summary_lines
+from pipeline.study.sweep import run_sweep
 
 BASE = TINY_STUDY + "budget: {n_trials: 4, epochs: 2}\n"
 TWO = """

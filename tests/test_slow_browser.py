@@ -30,7 +30,8 @@ from slow_helpers import (
 )
 
 from pipeline.study.spec import load_study_file
-from pipeline.study.sweep import ML_MODE, UI_ADDRESS, run_sweep, ui_links
+from pipeline.study.summary import ML_MODE, UI_ADDRESS, ui_links
+from pipeline.study.sweep import run_sweep
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

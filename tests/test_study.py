@@ -25,7 +25,9 @@ from pipeline.study.store import (
     open_storage,
     this_worker,
 )
-from pipeline.study.sweep import TrialBudget, run_sweep, summary_lines
+from pipeline.study.summary import summary_lines
+from pipeline.study.sweep import run_sweep
+from pipeline.study.worker import TrialBudget
 
 SPACE = """
 search_space:
