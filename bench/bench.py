@@ -74,7 +74,7 @@ from pipeline.metrics import FAMILIES, MAIN_METRICS, Evaluator
 from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.prepare import cached_dataset, cached_evaluator, set_threads
 from pipeline.study.spec import StudyDefinition, load_study_file, parse_study
-from pipeline.study.store import open_storage
+from pipeline.study.storage import open_storage
 from pipeline.study.sweep import run_sweep
 from pipeline.tracking import get_client
 

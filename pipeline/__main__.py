@@ -478,7 +478,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     check_port_free(args.port, make="dashboard")  # before the storage is opened
     from optuna_dashboard import run_server
 
-    from pipeline.study.store import mask_url, open_storage, storage_url
+    from pipeline.study.storage import mask_url, open_storage, storage_url
 
     url = storage_url(args.storage)
     storage = open_storage(url)  # in this process: the URL never reaches a command line

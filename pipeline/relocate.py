@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 from pipeline.config import TRACKING_SCHEMES, check_tracking_uri
 from pipeline.errors import ConfigError
-from pipeline.tracking import sqlite_path
+from pipeline.sqlite import sqlite_path
 
 DB_NAME = "mlflow.db"
 ARTIFACTS = "artifacts"  # the folder beside the database (tracking.artifact_location)

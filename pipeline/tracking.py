@@ -8,7 +8,6 @@ the source and the git commit.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import time
@@ -29,6 +28,7 @@ from pipeline import __version__
 from pipeline.config import ConfigError, check_tracking_uri
 from pipeline.config_load import cut, mask_secrets
 from pipeline.faults import StorageFault, fault_message, storage_fault
+from pipeline.sqlite import SQLITE_HEADER, schema_lock, sqlite_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,10 +65,6 @@ def artifact_location(uri: str) -> str | None:
     return (DEFAULT_STORE_DIR / "artifacts").resolve().as_uri()
 
 
-def sqlite_path(uri: str) -> Path:
-    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-
-
 _opened: set[str] = set()
 
 
@@ -96,8 +92,7 @@ def get_client(uri: str) -> MlflowClient:
                 raise ConfigError(f"{where} is not an SQLite database, so not an MLflow store "
                                   f"(overwritten?); move it aside, or set MLFLOW_TRACKING_URI "
                                   f"to another store")
-    with open(f"{path}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with schema_lock(path):
         try:
             client = MlflowClient(tracking_uri=uri)  # creates the schema, once, under the lock
         except Exception as exc:
@@ -105,8 +100,6 @@ def get_client(uri: str) -> MlflowClient:
             if reason is None:
                 raise
             raise StorageFault(fault_message(where, reason)) from None
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
     _opened.add(uri)
     return client
 
@@ -139,7 +132,6 @@ def open_store_for_reading(uri: str) -> MlflowClient:
     return get_client(uri)  # a server is checked there
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def _check_sqlite_store(path: Path, where: str) -> None:

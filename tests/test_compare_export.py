@@ -27,7 +27,8 @@ from pipeline.export import ExportError, export_best, load_export
 from pipeline.networks import Generator
 from pipeline.study.choice import DisagreementError
 from pipeline.study.spec import load_study_file
-from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SPEC_ATTR, open_storage
+from pipeline.study.storage import open_storage
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SPEC_ATTR
 from pipeline.study.sweep import run_sweep
 
 

@@ -22,14 +22,8 @@ from pipeline.__main__ import capped_workers, main
 from pipeline.config import PROJECT_ROOT, ConfigError
 from pipeline.readers.mixtures import ring8
 from pipeline.study.spec import load_study_file, parse_study
-from pipeline.study.store import (
-    ERROR_ATTR,
-    OWNER_ATTR,
-    PARENT_ATTR,
-    RUN_ATTR,
-    create_or_load,
-    open_storage,
-)
+from pipeline.study.storage import open_storage
+from pipeline.study.store import ERROR_ATTR, OWNER_ATTR, PARENT_ATTR, RUN_ATTR, create_or_load
 from pipeline.study.sweep import SweepError, run_sweep
 from pipeline.study.worker import seed_offset
 from pipeline.tracking import mask_secrets
@@ -410,7 +404,7 @@ def test_fresh_stores_created_at_the_same_moment(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from pipeline.tracking import get_client\n"
-        "from pipeline.study.store import open_storage\n"
+        "from pipeline.study.storage import open_storage\n"
         f"client = get_client('sqlite:///{tmp_path}/mlflow.db')\n"
         "client.search_experiments()\n"
         f"open_storage('sqlite:///{tmp_path}/optuna.db', create=True)\n"

@@ -26,12 +26,12 @@ FLOORS: list[list[str]] = [
     # the registries (what config validates against) and leaf utilities
     ["pipeline.data", "pipeline.networks", "pipeline.losses", "pipeline.drs", "pipeline.metrics",
      "pipeline.plots", "pipeline.logs", "pipeline.interrupt", "pipeline.batches",
-     "pipeline.devices", "pipeline.outputs"],
+     "pipeline.devices", "pipeline.outputs", "pipeline.sqlite"],
     # the readers: files and generators -> a Dataset, from plain arguments
     ["pipeline.readers", "pipeline.tables"],
     ["pipeline.dataset", "pipeline.errors", "pipeline.faults", "pipeline"],
 ]
-STUDY_ORDER = ["conditions", "space", "spec", "store", "choice", "recover", "objective",
+STUDY_ORDER = ["conditions", "space", "spec", "storage", "store", "choice", "recover", "objective",
                "parent_run", "worker", "summary", "sweep"]
 
 
@@ -103,5 +103,6 @@ def test_compare_and_export_need_only_the_store() -> None:
     for name in ("compare", "export"):
         study_imports = {t for t in imports(PROJECT_ROOT / "pipeline" / f"{name}.py")
                          if t.startswith("pipeline.study")}
-        assert study_imports <= {"pipeline.study.store", "pipeline.study.choice"}, study_imports
+        assert study_imports <= {"pipeline.study.store", "pipeline.study.storage",
+                                 "pipeline.study.choice"}, study_imports
         assert "pipeline.study.store" in study_imports

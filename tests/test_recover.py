@@ -14,7 +14,8 @@ from pipeline.__main__ import main
 from pipeline.config import ConfigError
 from pipeline.study.recover import recover
 from pipeline.study.spec import parse_study
-from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SPEC_ATTR, open_storage
+from pipeline.study.storage import open_storage
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, SPEC_ATTR
 from pipeline.study.sweep import run_sweep
 
 # the search space goes on with a learning rate, so the median pruner has trials to tell apart

@@ -16,7 +16,8 @@ from pipeline.__main__ import main
 from pipeline.config_load import load_config
 from pipeline.reeval import FIRST_SEED, portable, stderr, write_best_config
 from pipeline.study.spec import load_study_file
-from pipeline.study.store import PARENT_ATTR, RUN_ATTR, open_storage
+from pipeline.study.storage import open_storage
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR
 from pipeline.study.sweep import run_sweep
 
 

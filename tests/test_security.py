@@ -34,7 +34,8 @@ from pipeline.config_load import (
 )
 from pipeline.export import check_out_dir, write_replacing
 from pipeline.study.spec import load_study_file
-from pipeline.study.store import RUN_ATTR, SPEC_ATTR, check_journal, find_study, open_storage
+from pipeline.study.storage import check_journal, open_storage
+from pipeline.study.store import RUN_ATTR, SPEC_ATTR, find_study
 from pipeline.tracking import QUICK_HTTP, check_reachable, open_store_for_reading
 
 RUN_ID = "0123456789abcdef0123456789abcdef"

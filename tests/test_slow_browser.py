@@ -231,7 +231,8 @@ def test_mlflow_ui_marks_the_best_trial_and_charts_its_metrics(
     tag, and its metric charts draw lines through the per-epoch points."""
     import optuna
 
-    from pipeline.study.store import RUN_ATTR, open_storage
+    from pipeline.study.storage import open_storage
+    from pipeline.study.store import RUN_ATTR
 
     uri, parent_id, journal = smoke_store
     client = MlflowClient(tracking_uri=uri)

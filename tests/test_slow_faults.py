@@ -29,7 +29,8 @@ from slow_helpers import (
     wait_until,
 )
 
-from pipeline.study.store import OWNER_ATTR, PARENT_ATTR, RUN_ATTR, open_storage
+from pipeline.study.storage import open_storage
+from pipeline.study.store import OWNER_ATTR, PARENT_ATTR, RUN_ATTR
 
 # The smoke study with trials long enough (~10 s) to be caught running.
 SLOW_SMOKE = SMOKE.read_text().replace("steps_per_epoch: 8", "steps_per_epoch: 300").replace(

@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from slow_helpers import SMOKE, no_telemetry, ran_concurrently
 
 from pipeline.study.spec import load_study_file
-from pipeline.study.store import PARENT_ATTR, RUN_ATTR, finished_trials, open_storage
+from pipeline.study.storage import open_storage
+from pipeline.study.store import PARENT_ATTR, RUN_ATTR, finished_trials
 from pipeline.study.sweep import run_sweep
 
 TRIALS = 6

@@ -22,7 +22,7 @@ from pipeline.config import PROJECT_ROOT
 from pipeline.faults import fault_message, storage_fault
 from pipeline.logs import FaultTracebacks
 from pipeline.study.spec import load_study_file
-from pipeline.study.store import open_storage
+from pipeline.study.storage import open_storage
 from pipeline.tracking import RunLogger
 
 SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"

@@ -16,13 +16,13 @@ from pipeline.config import PROJECT_ROOT, ConfigError
 from pipeline.study import parent_run, store
 from pipeline.study.space import sample
 from pipeline.study.spec import load_study_file, parse_study
+from pipeline.study.storage import open_storage
 from pipeline.study.store import (
     OWNER_ATTR,
     PARENT_ATTR,
     RUN_ATTR,
     create_or_load,
     finished_trials,
-    open_storage,
     this_worker,
 )
 from pipeline.study.summary import summary_lines

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.study.objective import aggregate
 from pipeline.study.spec import parse_study
-from pipeline.study.store import RUN_ATTR, TRIAL_RUN_ATTR, open_storage
+from pipeline.study.storage import open_storage
+from pipeline.study.store import RUN_ATTR, TRIAL_RUN_ATTR
 from pipeline.study.sweep import run_sweep
 
 

@@ -12,7 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.__main__ import main
 from pipeline.study.spec import parse_study
-from pipeline.study.store import RUN_ATTR, open_storage
+from pipeline.study.storage import open_storage
+from pipeline.study.store import RUN_ATTR
 from pipeline.study.sweep import run_sweep
 from pipeline.tables.shipped import SHIPPED
 

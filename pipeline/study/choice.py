@@ -16,13 +16,7 @@ import optuna
 from pipeline.errors import ConfigError
 from pipeline.study.conditions import parse_pick
 from pipeline.study.spec import StudyDefinition, study_metrics
-from pipeline.study.store import (
-    RUN_ATTR,
-    SCORES_ATTR,
-    TRIAL_RUN_ATTR,
-    best_trial,
-    pareto_front,
-)
+from pipeline.study.store import RUN_ATTR, SCORES_ATTR, TRIAL_RUN_ATTR, best_trial, pareto_front
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 

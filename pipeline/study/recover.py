@@ -24,6 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.metrics.registry import MAIN_METRICS, val_key
 from pipeline.study.space import WIDTH_KEYS, ParamSpec
 from pipeline.study.spec import StudyDefinition, check_study_name, parse_study
+from pipeline.study.storage import check_journal, folder_lock, open_storage, storage_url
 from pipeline.study.store import (
     CREATED_ATTR,
     ERROR_ATTR,
@@ -32,10 +33,6 @@ from pipeline.study.store import (
     SCORES_ATTR,
     SPEC_ATTR,
     TRIAL_RUN_ATTR,
-    check_journal,
-    folder_lock,
-    open_storage,
-    storage_url,
 )
 
 State = optuna.trial.TrialState

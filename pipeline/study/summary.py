@@ -11,13 +11,7 @@ import optuna
 
 from pipeline.study.parent_run import objectives_text
 from pipeline.study.spec import StudyDefinition
-from pipeline.study.store import (
-    RUN_ATTR,
-    best_trial,
-    finished_trials,
-    pareto_front,
-    trial_counts,
-)
+from pipeline.study.store import RUN_ATTR, best_trial, finished_trials, pareto_front, trial_counts
 from pipeline.tracking import get_client
 
 

@@ -17,14 +17,13 @@ from pipeline.faults import StorageFault
 from pipeline.study import parent_run
 from pipeline.study.space import check_pairs
 from pipeline.study.spec import StudyDefinition
+from pipeline.study.storage import check_storage, storage_url
 from pipeline.study.store import (
     ERROR_ATTR,
-    check_storage,
     create_or_load,
     existing_study,
     fail_dead_trials,
     finished_trials,
-    storage_url,
 )
 from pipeline.study.summary import Progress, SweepSummary, summarize
 from pipeline.study.worker import (
