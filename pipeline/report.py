@@ -210,11 +210,14 @@ PUBLISHED_MIXTURE_ROWS = (
     ("PacGAN2", {"ring8": ("7.9", "95.6%", "0.07"), "grid25": ("23.8", "91.3%", "0.13")}),
     ("PacGAN4", {"ring8": ("7.8", "95.9%", "0.07"), "grid25": ("24.8", "93.6%", "0.04")}),
 )
-# (title, file name per mixture): a row whose files are not both there is left out.
+# (title, file name per mixture, whether one mixture's file is enough): a row that needs both
+# files and lacks one is left out; a one-mixture row shows "-" for the other.
 MIXTURE_ROWS = (
     ("seed article's GAN (`conf/seed_article.yaml`, 20 epochs of the 100k points)",
-     "seed_article_{}"),
-    ("**this project**: best of its study (`reeval`)", "{}"),
+     "seed_article_{}", False),
+    ("**this project**: best of its study (`reeval`)", "{}", False),
+    ("**this project**: the study's winner tuned by hand (`studies/best/{}_tuned.yaml`)",
+     "{}_tuned", True),
 )
 
 
@@ -253,16 +256,18 @@ def mixtures_table(results: Path) -> str | None:
     for title, published in PUBLISHED_MIXTURE_ROWS:
         lines.append("| " + " | ".join([title, *[c for m in MIXTURES for c in published[m]]])
                      + " |")
-    for title, pattern in MIXTURE_ROWS:
+    for title, pattern, partial in MIXTURE_ROWS:
         paths = [results / f"{pattern.format(m)}.json" for m in MIXTURES]
-        if not all(p.exists() for p in paths):
+        if not (any if partial else all)(p.exists() for p in paths):
             continue
-        reports = [json.loads(p.read_text()) for p in paths]
-        counts = [len(r["seeds"]) for r in reports]
-        seeds = (f"{counts[0]}" if len(set(counts)) == 1
-                 else ", ".join(f"{m} {n}" for m, n in zip(MIXTURES, counts, strict=True)))
-        lines.append("| " + " | ".join([f"{title}, {seeds} fresh seeds", *[
-            mixture_cell(r, metric) for r in reports for metric in MIXTURE_COLUMNS]]) + " |")
+        reports = [json.loads(p.read_text()) if p.exists() else None for p in paths]
+        counts = {m: len(r["seeds"]) for m, r in zip(MIXTURES, reports, strict=True) if r}
+        seeds = (f"{next(iter(counts.values()))}" if len(set(counts.values())) == 1
+                 else ", ".join(f"{m} {n}" for m, n in counts.items()))
+        named = title.format("/".join(counts))
+        lines.append("| " + " | ".join([f"{named}, {seeds} fresh seeds", *[
+            mixture_cell(r, metric) if r else "-" for r in reports
+            for metric in MIXTURE_COLUMNS]]) + " |")
     if any("drs" in r for r in own):  # a filter on G: its own row, never in place of G's
         lines.append("| " + " | ".join([f"{DRS_ROW}, acceptance " + ", ".join(
             f"{m} {100 * r['drs']['mean']['acceptance']:.0f}%" for m, r in zip(

@@ -172,3 +172,18 @@ def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path:
     assert "20.0 ± 0.5 (worst 22.0)" in rows[2] and "| 3 | 100 |" in rows[2]
     assert rows[3].startswith("| real test images") and "| 1.2 | 10.0 | - | - | 0.97 | - |" \
         in rows[3]
+
+
+def test_a_one_mixture_row_shows_dashes_for_the_other(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    mixture_file(results / "ring8.json", [8, 8], [0.96, 0.95], floor=True)
+    mixture_file(results / "grid25.json", [25, 25], [0.94, 0.95], floor=True)
+    mixture_file(results / "ring8_tuned.json", [8, 8, 8], [0.99, 0.98, 0.97], floor=True)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- report:mixtures -->\n<!-- /report:mixtures -->\n")
+    write_report(readme, results)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    tuned = rows[5]
+    assert "`studies/best/ring8_tuned.yaml`), 3 fresh seeds" in tuned
+    assert "98.0 ± 0.1% (min 97.0%)" in tuned and tuned.endswith("| - | - | - |")
