@@ -23,10 +23,11 @@ import optuna
 from pipeline.config import Config
 from pipeline.config_load import config_from_dict
 from pipeline.prepare import prepare
+from pipeline.run_log import start_run
 from pipeline.study.objective import Objective
 from pipeline.study.spec import ObjectiveSpec, StudyDefinition, parse_study
 from pipeline.study.store import RUN_ATTR, create_or_load
-from pipeline.tracking import get_client, start_run
+from pipeline.tracking import get_client
 from pipeline.train import train
 
 

@@ -25,7 +25,7 @@ from pipeline import interrupt
 from pipeline.dataset import Dataset
 from pipeline.module import GANModule
 from pipeline.plots import TableFigure, samples_figure
-from pipeline.tracking import RunLogger, now_ms
+from pipeline.run_log import RunLogger, now_ms
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -27,12 +27,14 @@ import optuna
 from matplotlib.figure import Figure
 
 from pipeline.config import ConfigError
+from pipeline.config_load import mask_secrets
 from pipeline.faults import storage_fault
 from pipeline.metrics.registry import MAIN_METRICS, val_key
 from pipeline.outputs import check_output_file
+from pipeline.run_log import RunLogger
 from pipeline.study.choice import check_recorded
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study, pareto_front
-from pipeline.tracking import RunLogger, mask_secrets, open_store_for_reading, tracking_uri
+from pipeline.tracking import open_store_for_reading, tracking_uri
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from pipeline.errors import ConfigError
 from pipeline.losses import LOSSES
 from pipeline.metrics.registry import METRICS, MIN_SAMPLES
 from pipeline.networks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS
-from pipeline.tables.transform import NUMERIC_ENCODINGS
+from pipeline.tables.numeric import NUMERIC_ENCODINGS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

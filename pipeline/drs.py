@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -40,18 +42,28 @@ def calibrate(discriminator: nn.Module, generator: nn.Module, real: Tensor, *, b
     opt = torch.optim.Adam(d.parameters(), lr=lr, betas=(0.5, 0.999))
     device = real.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = generator.training
-    generator.eval()
-    for _ in range(steps):
-        rows = real[torch.randint(len(real), (batch_size,), generator=gen, device=device)]
-        with torch.no_grad():
-            fake = generator(latent(generator, batch_size, gen))
-        loss = F.softplus(-d(rows)).mean() + F.softplus(d(fake)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    generator.train(was_training)
+    with evaluating(generator):
+        for _ in range(steps):
+            rows = real[torch.randint(len(real), (batch_size,), generator=gen, device=device)]
+            with torch.no_grad():
+                fake = generator(latent(generator, batch_size, gen))
+            loss = F.softplus(-d(rows)).mean() + F.softplus(d(fake)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return d.eval().requires_grad_(False)
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode, and back in its own mode even when sampling raises (a refused
+    DRS must not leave the run's G in eval mode for the epochs that follow)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def latent(generator: nn.Module, n: int, gen: torch.Generator) -> Tensor:
@@ -79,24 +91,22 @@ def rejection_sample(generator: nn.Module, discriminator: nn.Module, n: int, *, 
     """``n`` samples of ``generator`` accepted by DRS, and the share of candidates accepted."""
     device = next(discriminator.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
-    was_training = generator.training
-    generator.eval()
-    d_max = -math.inf
-    for start in range(0, BURN_IN, batch):
-        logits = discriminator(generator(latent(generator, min(batch, BURN_IN - start), gen)))
-        d_max = max(d_max, float(logits.max()))
-    kept: list[Tensor] = []
-    n_kept = drawn = 0
-    while n_kept < n:
-        fake = generator(latent(generator, batch, gen))
-        logits = discriminator(fake)
-        d_max = max(d_max, float(logits.max()))
-        accept = torch.rand(len(fake), generator=gen, device=device) < acceptance(logits, d_max)
-        kept.append(fake[accept])
-        n_kept += int(accept.sum())
-        drawn += len(fake)
-        if drawn >= batch * 10 and n_kept / drawn < MIN_ACCEPTANCE:
-            raise ValueError(f"DRS accepted {n_kept} of {drawn} samples: D rejects nearly "
-                             "everything G makes")
-    generator.train(was_training)
+    with evaluating(generator):
+        d_max = -math.inf
+        for start in range(0, BURN_IN, batch):
+            logits = discriminator(generator(latent(generator, min(batch, BURN_IN - start), gen)))
+            d_max = max(d_max, float(logits.max()))
+        kept: list[Tensor] = []
+        n_kept = drawn = 0
+        while n_kept < n:
+            fake = generator(latent(generator, batch, gen))
+            logits = discriminator(fake)
+            d_max = max(d_max, float(logits.max()))
+            accept = torch.rand(len(fake), generator=gen, device=device) < acceptance(logits, d_max)
+            kept.append(fake[accept])
+            n_kept += int(accept.sum())
+            drawn += len(fake)
+            if drawn >= batch * 10 and n_kept / drawn < MIN_ACCEPTANCE:
+                raise ValueError(f"DRS accepted {n_kept} of {drawn} samples: D rejects nearly "
+                                 "everything G makes")
     return torch.cat(kept)[:n], n_kept / drawn

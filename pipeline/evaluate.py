@@ -27,7 +27,7 @@ from pipeline.metrics.registry import MIN_SAMPLES
 # size-dependent ones drift with n: coverage, recall and modes_covered fall, KID and FID grow
 # noisier, so scores of fewer samples are not comparable with those tables.
 VALIDATED_SAMPLES = EvalConfig.n_samples
-ROW_SUFFIXES = (".csv", ".tsv", ".parquet")  # a table's decoded rows (export.write_samples)
+ROW_SUFFIXES = (".csv", ".tsv", ".parquet")  # a table's decoded rows (exported.write_samples)
 
 
 def _stderr(line: str) -> None:

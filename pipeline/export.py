@@ -21,30 +21,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline.config_load import cut, mask_secrets
 from pipeline.errors import ConfigError
+from pipeline.exported import ExportError, mode_centres
 from pipeline.metrics.registry import VAL_PREFIX
+from pipeline.model_card import ALIAS, LATENT, model_card
 from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE, logged_model_id
 from pipeline.networks import Generator
-from pipeline.outputs import check_output_file, check_output_folder
+from pipeline.outputs import check_output_folder
 from pipeline.plots import figure_png, samples_png, table_figure
 from pipeline.study.choice import check_recorded, chosen_trial
 from pipeline.study.store import RUN_ATTR, check_study_name, find_study
 from pipeline.tables.transform import TableTransformer
 from pipeline.tracking import open_store_for_reading, tracking_uri
 
-ALIAS = "champion"
 # What export writes into its folder; nothing else there is touched.
 EXPORT_FILES = ("generator.pt", "generator.onnx", "config.json", "metrics.json", "samples.png",
                 "MODEL_CARD.md")
-LATENT = "standard normal N(0, I), float32"
-
-
-class ExportError(ConfigError):
-    """No finished trial, missing weights, or an incomplete export folder."""
 
 
 def export_best(study_name: str, out_dir: str | Path | None = None, *,
@@ -135,7 +130,7 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
         png = figure_png(table_figure(transformer.inverse_transform(samples.numpy()), None,
                                       transformer.categorical, title=title))
     else:
-        png = samples_png(samples.numpy(), centres=_centres(config), title=title,
+        png = samples_png(samples.numpy(), centres=mode_centres(config), title=title,
                           image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None)
     writers: dict[str, Callable[[Path], object]] = {
         "generator.pt": lambda p: write_torchscript(generator, p),
@@ -256,159 +251,3 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
-
-
-def model_card(config: dict[str, Any], metrics: dict[str, float]) -> str:
-    rows = "\n".join(f"| `{k}` | {v:.6g} |" for k, v in sorted(metrics.items()))
-    gen = config["generator"]
-    kw = gen["kwargs"]
-    shape = gen["image_shape"]
-    reshape = f"; reshape each row to {tuple(shape)} for an image" if shape else ""
-    if gen.get("table_encoding"):
-        reshape = (". The registered MLflow model decodes them: its `predict(z)` returns a "
-                   "DataFrame of rows with the table's own columns, dtypes and categories; "
-                   "`python -m pipeline sample EXPORT_DIR -n 1000 --out rows.csv` writes them")
-    objectives = config["objectives"]
-    chosen = ("the best trial of the study by" if len(objectives) == 1 else
-              f"by {config['chosen_by']} from the Pareto front of")
-    headline = "\n".join(
-        f"- **Headline value: `{o['metric']}` {o['value']:.6g}** ({o['direction']})" + (
-            f" = the mean over the trial's last {o['last_k']} evaluations"
-            if o["metric"].startswith(VAL_PREFIX) else "") for o in objectives)
-    train, model = config["train"], config["model"]
-    settings = "\n".join(f"| `{section}.{key}` | `{value}` |"
-                         for section in ("data", "model", "train", "eval")
-                         for key, value in config[section].items())
-    return f"""# Generator: study `{config['study']}`, trial {config['trial']}
-
-Fully connected GAN generator trained on **{gen['dataset']}** (MLflow run
-`{config['mlflow_run_id']}`, registered as `{config['registered_model']}`), selected as the best
-{chosen} {', '.join(f"{o['direction']} `{o['metric']}`" for o in objectives)}.
-
-{headline}
-
-One evaluation is noisy, so the objectives average the last few; the table below shows the
-*last* evaluation alone, so its values differ from the headline.
-
-- Architecture: MLP {kw['latent_dim']} -> {' -> '.join(map(str, kw['hidden']))} ->
-  {kw['out_dim']}, activation {kw['activation']}, normalization {kw['norm']}, output
-  {kw['output_activation']}; discriminator {model['d_hidden']} with
-  {model.get('d_activation') or model['activation']}.
-- Training: loss {train['loss']}, Adam lr G {train['g_lr']:.3g} / D {train['d_lr']:.3g}, betas
-  G {train['g_betas']} / D {train['d_betas']}, batch {train['batch_size']}, {train['epochs']}
-  epochs, seed {train['seed']}, EMA decay {train.get('ema_decay', 0.0)}, learning-rate decay
-  from {train.get('lr_decay_start', 1.0):.0%} of training.
-- **Input**: `z`, a float32 array of shape (n, {gen['latent_dim']}) drawn from {LATENT}.
-  float64 is rejected by the ONNX file and by the MLflow model's signature: cast first.
-- **Output**: a float32 array of shape (n, {gen['out_dim']}) in {gen['output_scale']}{reshape}.
-
-## Metrics (last evaluation)
-FID and KID for images use the features of an MLP classifier this project trains on the
-dataset (not Inception): compare them only with runs that used the same feature extractor
-(MLflow tag `fid_features`). For 2-D mixtures the features are the coordinates.
-
-| metric | value |
-|---|---|
-{rows}
-
-## Every training setting (config.json holds the same, in full)
-
-| setting | value |
-|---|---|
-{settings}
-
-## Load
-```python
-import mlflow, numpy as np        # no project code needed
-model = mlflow.pyfunc.load_model("models:/{config['study']}-generator@{ALIAS}")
-samples = model.predict(np.random.randn(16, {gen['latent_dim']}).astype(np.float32))
-
-import torch
-g = torch.jit.load("generator.pt")
-samples = g(torch.randn(16, {gen['latent_dim']}))
-```
-or with onnxruntime: `InferenceSession("generator.onnx").run(None, {{"z": z}})` (z float32), or
-`python -m pipeline sample EXPORT_DIR -n 1000 --out samples.npy`, or serve it:
-`mlflow models serve -m models:/{config['study']}-generator@{ALIAS} --env-manager local`.
-"""
-
-
-def _centres(config: dict[str, Any]) -> np.ndarray | None:
-    """The mixture's mode centres, as the trial's dataset had them (drawn under 2-D samples)."""
-    centres = config.get("generator", {}).get("centres")
-    return None if centres is None else np.asarray(centres)
-
-
-# --- sampling from an export ------------------------------------------------------------------
-
-
-def load_export(folder: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    folder = Path(folder)
-    missing = [f for f in ("generator.pt", "config.json") if not (folder / f).exists()]
-    if missing:
-        raise ExportError(f"{folder}: incomplete export folder, missing {', '.join(missing)} "
-                          "(make one with `make export`)")
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        int(config["generator"]["latent_dim"])
-        generator = torch.jit.load(str(folder / "generator.pt"))
-    except Exception as exc:
-        raise ExportError(f"{folder}: corrupt export folder ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); export again "
-                          f"with `make export`") from None
-    return generator, config
-
-
-def sample_export(folder: str | Path, n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-    if n < 1:
-        raise ExportError(f"-n {n}: expected at least one sample")
-    generator, config = load_export(folder)
-    z = torch.randn(n, int(config["generator"]["latent_dim"]),
-                    generator=torch.Generator().manual_seed(seed))
-    try:
-        with torch.no_grad():
-            return generator(z).numpy(), config
-    except Exception as exc:
-        raise ExportError(f"{folder}: generator.pt does not match config.json ({exc})") from None
-
-
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
-ARRAY_SUFFIXES = (".npy", ".csv", ".png")
-SAMPLE_SUFFIXES = (".npy", ".csv", ".png", ".tsv", ".parquet")  # either kind: checked first
-
-
-def check_samples_out(out: str | Path, config: dict[str, Any] | None = None) -> Path:
-    """``sample --out``: a file that can be written, ending in a suffix that the export's kind
-    takes (a table's rows, or an array); without ``config``, in one that either kind takes."""
-    if config is None:
-        return check_output_file(out, SAMPLE_SUFFIXES, kind="samples go to a file by its suffix")
-    if config.get("generator", {}).get("table_encoding") is not None:
-        return check_output_file(out, TABLE_SUFFIXES, kind="a table's rows go to a table file")
-    return check_output_file(out, ARRAY_SUFFIXES, kind="this export's samples are an array, not "
-                             "a table's rows")
-
-
-def write_samples(samples: np.ndarray, config: dict[str, Any], out: str | Path) -> Path:
-    """Samples to a file by its suffix; a table's rows are decoded into its own columns,
-    dtypes and categories first (.csv, .tsv, .parquet)."""
-    out = check_samples_out(out, config)
-    suffix = out.suffix.lower()
-    encoding = config.get("generator", {}).get("table_encoding")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if encoding is not None:
-        rows = TableTransformer.from_dict(encoding).inverse_transform(samples)
-        if suffix == ".parquet":
-            rows.to_parquet(out, index=False)
-        else:
-            rows.to_csv(out, index=False, sep="\t" if suffix == ".tsv" else ",")
-        return out
-    if suffix == ".npy":
-        with out.open("wb") as f:  # np.save(path) would add .npy to a name ending .NPY
-            np.save(f, samples)
-    elif suffix == ".csv":
-        np.savetxt(out, samples, delimiter=",", fmt="%.7g")
-    else:
-        shape = config.get("generator", {}).get("image_shape")
-        out.write_bytes(samples_png(samples, image_shape=tuple(shape) if shape else None,
-                                    centres=_centres(config)))
-    return out

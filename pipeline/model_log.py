@@ -26,10 +26,11 @@ import torch
 import yaml
 
 from pipeline.config import Config
+from pipeline.config_load import mask_secrets
 from pipeline.dataset import Dataset
 from pipeline.module import GANModule
 from pipeline.prepare import discriminator_kwargs, generator_kwargs
-from pipeline.tracking import RunLogger, mask_secrets
+from pipeline.run_log import RunLogger
 
 MODEL_ARTIFACT = "generator"  # the MLflow model in every run: runs:/<run_id>/generator
 WEIGHTS_ARTIFACT = "model"  # state dicts, constructor arguments, config: runs:/<run_id>/model

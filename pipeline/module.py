@@ -13,6 +13,9 @@ no_grad, ``check_val_every_n_epoch`` and Optuna's pruning callback for free.
 
 One job, over 300 lines: the steps, the EMA, the schedule, the checkpointed state and the
 evaluation are hooks of the one LightningModule, which Lightning calls on the same object.
+
+One job past 300 lines: the training step, its schedules and the evaluation hooks are the one
+LightningModule.
 """
 
 from __future__ import annotations

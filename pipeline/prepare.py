@@ -27,7 +27,8 @@ from pipeline.devices import default_device
 from pipeline.metrics import MAIN_METRICS, Evaluator, check_settings
 from pipeline.module import GANModule
 from pipeline.networks import Discriminator, Generator, count_parameters
-from pipeline.tracking import Ending, RunLogger, mlflow_run, tracking_uri
+from pipeline.run_log import Ending, RunLogger, mlflow_run
+from pipeline.tracking import tracking_uri
 
 # GAN steps per Lightning batch: Lightning's loop costs ~0.7 ms per batch, paid once per chunk.
 # Results do not depend on it (every per-step rule runs inside the training step).

@@ -26,18 +26,13 @@ from typing import Any
 import yaml
 
 from pipeline.config import Config, ConfigError
-from pipeline.config_load import config_from_dict, load_config, parse_overrides
+from pipeline.config_load import config_from_dict, load_config, mask_secrets, parse_overrides
 from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.outputs import check_output_file, check_output_folder
+from pipeline.run_log import start_run
 from pipeline.study.choice import chosen_trial, scores
 from pipeline.study.store import PARENT_ATTR, RUN_ATTR, find_study
-from pipeline.tracking import (
-    get_client,
-    mask_secrets,
-    open_store_for_reading,
-    start_run,
-    tracking_uri,
-)
+from pipeline.tracking import get_client, open_store_for_reading, tracking_uri
 
 FIRST_SEED = 1000  # searches train with small seeds (the base's, 0 by default); these are fresh
 RESULTS_DIR = Path("results")

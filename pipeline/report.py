@@ -4,6 +4,8 @@
 ``<!-- /report:NAME -->`` in README.md from the files that block names, so no number in those
 tables is typed by hand. A results file is what ``reeval`` (or peers/ctgan_peer.py) wrote:
 ``per_seed``, ``mean``, ``stderr`` and ``floor`` per metric, ``seeds`` and the wall time.
+
+One job past 300 lines: each results table is a block of this one README writer.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from pipeline.devices import lightning_devices
 from pipeline.drs import calibrate, rejection_sample
 from pipeline.model_log import discard_logged_model, log_weights, start_logged_model
 from pipeline.prepare import DRS_SEED_OFFSET, EVAL_BATCH, Prepared
-from pipeline.tracking import RunLogger, get_client, tracking_uri
+from pipeline.run_log import RunLogger
+from pipeline.tracking import get_client, tracking_uri
 
 
 @dataclass

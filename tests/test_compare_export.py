@@ -23,7 +23,8 @@ from pipeline.__main__ import main
 from pipeline.compare import compare, format_rows
 from pipeline.config import ConfigError
 from pipeline.config_load import load_config
-from pipeline.export import ExportError, export_best, load_export
+from pipeline.export import export_best
+from pipeline.exported import ExportError, load_export
 from pipeline.networks import Generator
 from pipeline.study.choice import DisagreementError
 from pipeline.study.spec import load_study_file

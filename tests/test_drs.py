@@ -76,6 +76,19 @@ def test_rejection_moves_the_generator_onto_the_data() -> None:
     assert abs(flat.mean().item()) < 0.1
 
 
+def test_a_failed_sampling_leaves_the_generator_in_its_own_mode() -> None:
+    class Broken(Logit):
+        def forward(self, x: Tensor) -> Tensor:
+            raise RuntimeError("D failed")
+
+    g = Shift(0.0).train()
+    with pytest.raises(RuntimeError, match="D failed"):
+        rejection_sample(g, Broken(), 10, seed=0, batch=8)
+    assert g.training
+    with pytest.raises(RuntimeError, match="D failed"):
+        calibrate(Broken(), g, torch.zeros(8, 1), batch_size=4, lr=0.1, seed=0, steps=1)
+    assert g.training
+
 def test_a_run_logs_the_drs_metrics_beside_the_raw_ones(tiny_config, store_uri: str) -> None:
     result = fit(tiny_config("eval.drs=true"))
     assert 0 < result.drs["acceptance"] <= 1

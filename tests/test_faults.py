@@ -18,15 +18,16 @@ import pytest
 from mlflow.tracking import MlflowClient
 from slow_helpers import SMOKE
 
-from pipeline.__main__ import capped_workers, main
+from pipeline.__main__ import main
+from pipeline.cli.runs import capped_workers
 from pipeline.config import PROJECT_ROOT, ConfigError
+from pipeline.config_load import mask_secrets
 from pipeline.readers.mixtures import ring8
 from pipeline.study.spec import load_study_file, parse_study
 from pipeline.study.storage import open_storage
 from pipeline.study.store import ERROR_ATTR, OWNER_ATTR, PARENT_ATTR, RUN_ATTR, create_or_load
 from pipeline.study.sweep import SweepError, run_sweep
 from pipeline.study.worker import seed_offset
-from pipeline.tracking import mask_secrets
 
 TINY = ["data.n_points=512", "train.epochs=1", "train.steps_per_epoch=2", "eval.n_samples=100",
         "train.batch_size=64", "model.g_hidden=[8]", "model.d_hidden=[8]",
@@ -209,7 +210,7 @@ def test_secrets_are_masked() -> None:
 def test_ui_passes_the_store_in_the_environment(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """The store URL (password included) never reaches a command line that ps shows."""
-    from pipeline import __main__ as cli
+    from pipeline.cli import servers as cli
 
     seen = {}
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://u:hunter2@127.0.0.1/mlflow")

@@ -14,13 +14,16 @@ from pipeline.config import PROJECT_ROOT
 
 FLOORS: list[list[str]] = [
     ["pipeline.__main__"],
+    ["pipeline.cli"],  # the commands: add_* parsers; cmd_* import their work lazily
     ["pipeline.compare", "pipeline.export", "pipeline.reeval", "pipeline.report",
      "pipeline.relocate"],
+    ["pipeline.model_card", "pipeline.exported"],
     ["pipeline.study"],  # one room, in STUDY_ORDER
     ["pipeline.evaluate", "pipeline.train"],
     ["pipeline.model_log"],
     ["pipeline.prepare", "pipeline.callbacks"],
-    ["pipeline.module", "pipeline.tracking", "pipeline.checkpoint", "pipeline.costs"],
+    ["pipeline.module", "pipeline.run_log", "pipeline.checkpoint", "pipeline.costs"],
+    ["pipeline.tracking"],
     ["pipeline.config_load"],  # YAML and key=value -> a Config; how a value is shown
     ["pipeline.config"],
     # the registries (what config validates against) and leaf utilities

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.dataset import Dataset, TableParts
-from pipeline.metrics import registry, tabular
+from pipeline.metrics import privacy, registry, tabular
 from pipeline.metrics.evaluator import Evaluator
 from pipeline.tables.transform import TableTransformer
 
@@ -49,7 +49,7 @@ def test_a_table_against_itself_is_perfect(real: pd.DataFrame) -> None:
     cats = tabular.category_metrics(real, real, CATEGORICAL)
     assert cats["category_coverage"] == 1.0
     assert cats["category_kl"] == pytest.approx(0.0, abs=1e-9)
-    det = tabular.detection(real, real, METADATA)
+    det = privacy.detection(real, real, METADATA)
     assert det == {"detection": 1.0, "detection_auc": 0.5}  # every fold clipped at chance
 
 
@@ -239,26 +239,26 @@ def test_detection_is_sdmetrics_logistic_detection(real: pd.DataFrame) -> None:
     np.random.seed(3)
     expected = LogisticDetection.compute(real[cols], synth, meta)
     np.random.set_state(state)
-    scores = tabular.detection(real[cols], synth, meta, seed=3)
+    scores = privacy.detection(real[cols], synth, meta, seed=3)
     assert scores["detection"] == pytest.approx(expected, abs=1e-9)
     assert 0.0 < scores["detection"] < 1.0
     assert scores["detection_auc"] == pytest.approx(1 - scores["detection"] / 2)
 
 
 def test_detection_tells_shifted_rows_and_not_fresh_ones(real: pd.DataFrame) -> None:
-    fresh = tabular.detection(real, table(400, seed=2), METADATA)
+    fresh = privacy.detection(real, table(400, seed=2), METADATA)
     assert fresh["detection_auc"] < 0.6 and fresh["detection"] > 0.8
     shifted = table(400, seed=2)
     shifted["x"] += 3.0
-    far = tabular.detection(real, shifted, METADATA)
+    far = privacy.detection(real, shifted, METADATA)
     assert far["detection_auc"] > 0.95 and far["detection"] < 0.1
-    assert tabular.detection(real, shifted, METADATA) == far  # seeded folds
+    assert privacy.detection(real, shifted, METADATA) == far  # seeded folds
 
 
 def test_detection_takes_a_category_the_real_rows_lack(real: pd.DataFrame) -> None:
     synth = table(400, seed=2)
     synth.loc[:9, "colour"] = "e"  # LogisticDetection's encoder, fitted on real rows, fails here
-    scores = tabular.detection(real, synth, METADATA)
+    scores = privacy.detection(real, synth, METADATA)
     assert 0.5 <= scores["detection_auc"] < 0.7
 
 
@@ -272,17 +272,17 @@ def gaussian(n: int, seed: int) -> np.ndarray:
 def test_dcr_share_copies_and_fresh_rows() -> None:
     train, test = gaussian(400, 0), gaussian(400, 1)
     copies = train[np.random.default_rng(2).integers(0, 400, 1000)]
-    assert tabular.dcr_share(train, test, copies) == 1.0
-    assert tabular.dcr_share(train, test, gaussian(1000, 3)) == pytest.approx(0.5, abs=0.05)
+    assert privacy.dcr_share(train, test, copies) == 1.0
+    assert privacy.dcr_share(train, test, gaussian(1000, 3)) == pytest.approx(0.5, abs=0.05)
 
 
 def test_dcr_share_subsamples_the_larger_split() -> None:
     """Training split twice the held-out one: fresh rows stay at ~0.5, and copies of all the
     training rows are caught for the sampled half only: ~0.5 + 0.5 / 2."""
     train, test = gaussian(800, 0), gaussian(400, 1)
-    assert tabular.dcr_share(train, test, gaussian(1000, 3)) == pytest.approx(0.5, abs=0.05)
+    assert privacy.dcr_share(train, test, gaussian(1000, 3)) == pytest.approx(0.5, abs=0.05)
     copies = train[np.random.default_rng(2).integers(0, 800, 1000)]
-    assert tabular.dcr_share(train, test, copies) == pytest.approx(0.75, abs=0.05)
+    assert privacy.dcr_share(train, test, copies) == pytest.approx(0.75, abs=0.05)
 
 
 def test_dcr_share_counts_ties_half() -> None:
@@ -292,7 +292,7 @@ def test_dcr_share_counts_ties_half() -> None:
     def onehot(n: int) -> np.ndarray:
         return np.eye(3)[rng.integers(0, 3, n)].astype(np.float32)
 
-    share = tabular.dcr_share(onehot(300), onehot(300), onehot(1000))
+    share = privacy.dcr_share(onehot(300), onehot(300), onehot(1000))
     assert share == pytest.approx(0.5, abs=0.01)
 
 

@@ -18,11 +18,11 @@ import pytest
 from slow_helpers import SMOKE
 
 import pipeline.reeval  # noqa: F401  # imported here: no test's timing counts torch's import
-from pipeline import __main__ as cli
 from pipeline.__main__ import main
+from pipeline.cli import servers as cli
 from pipeline.config import MAX_EXPERIMENT_NAME, ConfigError
 from pipeline.config_load import load_config
-from pipeline.export import write_samples
+from pipeline.exported import write_samples
 from pipeline.outputs import NAME_MAX, check_output_file, check_output_folder, check_port_free
 from pipeline.study.spec import MAX_STUDY_NAME
 

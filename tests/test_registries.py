@@ -13,7 +13,7 @@ from pipeline import losses
 from pipeline.config import ConfigError
 from pipeline.config_load import config_from_dict, load_config
 from pipeline.data import DATASETS, Mixture
-from pipeline.metrics import registry
+from pipeline.metrics import registry, scorers
 from pipeline.networks import ACTIVATIONS, NORMS, OUTPUT_ACTIVATIONS, Activation
 from pipeline.prepare import cached_dataset
 from pipeline.readers.mixtures import ring_centres
@@ -49,7 +49,7 @@ def test_eval_metrics_are_the_metric_registry() -> None:
                                      "category_coverage")
 
 
-def _spread(ref: registry.Reference) -> registry.Scorer:
+def _spread(ref: scorers.Reference) -> scorers.Scorer:
     """A new metric for the test: the fake samples' mean distance from the origin."""
     return lambda fakes: {"spread": float(fakes.head.norm(dim=1).mean())}
 

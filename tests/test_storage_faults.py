@@ -21,9 +21,9 @@ from pipeline.__main__ import main
 from pipeline.config import PROJECT_ROOT
 from pipeline.faults import fault_message, storage_fault
 from pipeline.logs import FaultTracebacks
+from pipeline.run_log import RunLogger
 from pipeline.study.spec import load_study_file
 from pipeline.study.storage import open_storage
-from pipeline.tracking import RunLogger
 
 SMOKE = PROJECT_ROOT / "studies" / "smoke.yaml"
 ENOSPC = OSError(errno.ENOSPC, "No space left on device", "runs/artifacts/x.png")
@@ -342,7 +342,7 @@ def test_a_worker_process_that_hits_a_fault_reports_one_line(
     traceback per worker)."""
     code = (
         "import errno, sys\n"
-        "from pipeline.tracking import RunLogger\n"
+        "from pipeline.run_log import RunLogger\n"
         "def full(*a, **k):\n"
         "    raise OSError(errno.ENOSPC, 'No space left on device', 'x.png')\n"
         "RunLogger.log_image = full\n"

@@ -331,7 +331,8 @@ def test_workers_marking_the_best_run_at_once(tmp_path: Path) -> None:
     """Workers that stop together tag the same best run at the same moment (MLflow's set_tag
     raced there: a unique-key violation on a PostgreSQL server); the tag ends on that run only,
     also when a racing report had tagged another run."""
-    from pipeline.tracking import get_client, start_run
+    from pipeline.run_log import start_run
+    from pipeline.tracking import get_client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = get_client(uri)

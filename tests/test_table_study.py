@@ -88,7 +88,8 @@ search_space:
     import mlflow
     import numpy as np
 
-    from pipeline.export import export_best, sample_export, write_samples
+    from pipeline.export import export_best
+    from pipeline.exported import sample_export, write_samples
 
     out, _ = export_best("tiny-table", tmp_path / "export", storage=storage)
     samples, config = sample_export(out, 300, seed=1)

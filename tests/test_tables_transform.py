@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import DataError
+from pipeline.tables.columns import Span
+from pipeline.tables.numeric import NUMERIC_ENCODINGS
 from pipeline.tables.read import read_table
 from pipeline.tables.shipped import write_shipped
-from pipeline.tables.transform import NUMERIC_ENCODINGS, Span, TableTransformer
+from pipeline.tables.transform import TableTransformer
 
 CATEGORICAL = ("colour", "member", "grade", "size", "city", "score")
 FLOATS = ("weight", "ratio")

@@ -109,7 +109,8 @@ def test_workers_starting_together_share_the_training_set_row(tmp_path: Path) ->
 
     import numpy as np
 
-    from pipeline.tracking import RunLogger, get_client, start_run
+    from pipeline.run_log import RunLogger, start_run
+    from pipeline.tracking import get_client
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     points = np.random.default_rng(0).random((100, 2))

@@ -158,7 +158,8 @@ def test_make_keeps_a_gpu_torch_when_no_spec_is_given(tmp_path: Path) -> None:
 def tiny_store(folder: Path) -> tuple[str, str]:
     """A store in ``folder`` (mlflow.db and artifacts/) holding one run with one text
     artifact, made the pipeline's way: (the store's URI, the run's id)."""
-    from pipeline.tracking import get_client, start_run
+    from pipeline.run_log import start_run
+    from pipeline.tracking import get_client
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = get_client(uri)
@@ -189,7 +190,7 @@ def test_store_paths_and_uris(tmp_path: Path) -> None:
 
 
 def test_ui_store_opens_the_chosen_store(tmp_path: Path, monkeypatch, capsys) -> None:
-    import pipeline.__main__ as cli
+    import pipeline.cli.servers as cli
 
     tiny_store(tmp_path / "elsewhere")
     served: list[tuple[list[str], dict[str, str]]] = []
@@ -210,7 +211,7 @@ def test_ui_store_opens_the_chosen_store(tmp_path: Path, monkeypatch, capsys) ->
 
 
 def test_ui_store_errors_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
-    import pipeline.__main__ as cli
+    import pipeline.cli.servers as cli
 
     monkeypatch.setattr(cli, "serve", lambda cmd, env: pytest.fail("the server started"))
     (tmp_path / "notmlflow.db").write_bytes(b"")
@@ -222,7 +223,7 @@ def test_ui_store_errors_are_one_line(tmp_path: Path, monkeypatch, capsys) -> No
 
 
 def test_ui_warns_about_a_copied_store(tmp_path: Path, monkeypatch, capsys) -> None:
-    import pipeline.__main__ as cli
+    import pipeline.cli.servers as cli
 
     tiny_store(tmp_path / "runs")
     shutil.copytree(tmp_path / "runs", tmp_path / "copy")
@@ -347,7 +348,7 @@ def evaluate_json(capsys, *args: str) -> dict[str, float]:
 
 
 def test_evaluate_reads_the_csv_sample_writes(tmp_path: Path, capsys) -> None:
-    from pipeline.export import write_samples
+    from pipeline.exported import write_samples
 
     samples = ring8(n=2500, seed=5).train.numpy()
     write_samples(samples, {}, tmp_path / "s.csv")

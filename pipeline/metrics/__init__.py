@@ -1,5 +1,5 @@
 """Sample-quality and mode-collapse metrics for GANs, computed by one Evaluator per run; the
-scores of synthetic tables (tabular) on decoded rows."""
+scores of synthetic tables (tabular, privacy) on decoded rows."""
 
 from pipeline.metrics.classifier import (
     CLASSIFIER_VERSION,
@@ -10,6 +10,7 @@ from pipeline.metrics.evaluator import Evaluator
 from pipeline.metrics.modes import class_metrics, kl_divergence, mixture_mode_metrics
 from pipeline.metrics.ndb import NDB
 from pipeline.metrics.prdc import precision_recall_density_coverage
+from pipeline.metrics.privacy import dcr_share, detection
 from pipeline.metrics.registry import (
     FAMILIES,
     MAIN_METRICS,
@@ -24,8 +25,6 @@ from pipeline.metrics.tabular import (
     PairSample,
     category_metrics,
     column_pairs,
-    dcr_share,
-    detection,
     quality,
 )
 

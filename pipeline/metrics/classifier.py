@@ -17,14 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from pickle import UnpicklingError
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.config
-    from pipeline.dataset import Dataset
+from pipeline.dataset import Dataset
 
 CLASSIFIER_VERSION = 1
 HIDDEN = (256, 128)

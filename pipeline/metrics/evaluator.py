@@ -4,7 +4,7 @@ Feature space: the coordinates themselves for 2-D mixtures; for images, the penu
 an MLP classifier trained on the dataset's own labels (see classifier.py); for tables, the
 transformer's encoding. FID and KID here are therefore *not* Inception scores: ``feature_name``
 says which space was used, for the run's tags. Which metrics exist, and how each is computed, is
-the registry's business (registry.py).
+the registry's business (registry.py, its scorers in scorers.py).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from pipeline.dataset import Dataset
 from pipeline.metrics import registry
 from pipeline.metrics.classifier import CLASSIFIER_VERSION, load_or_train_classifier
 from pipeline.metrics.features import ClassifierFeatures
-from pipeline.metrics.registry import MIN_SAMPLES, Fakes, Reference, Scorer, check_settings
+from pipeline.metrics.registry import MIN_SAMPLES, check_settings
+from pipeline.metrics.scorers import Fakes, Reference, Scorer, table_pairs, table_parts
 
-if TYPE_CHECKING:  # runtime import would tie pipeline.metrics to pipeline.data
+if TYPE_CHECKING:  # pandas costs ~0.5 s to import, and points and images never need it
     import pandas as pd
-
-    from pipeline.dataset import Dataset
 
 # The floor's fresh mixture points: a seed far from the small ones runs use (a run's points come
 # from its own seed, 0 by default), so that the floor shares no draws with a training set.
@@ -87,9 +87,9 @@ class Evaluator:
                 raise ValueError(f"table dataset {dataset.name!r} has no held-out split "
                                  "(dataset.test): the table metrics compare against it")
             real = dataset.test
-            transformer = registry.table_parts(dataset).transformer
+            transformer = table_parts(dataset).transformer
             self._decode = lambda head: transformer.inverse_transform(head.cpu().numpy())
-            self.pair_rule = registry.table_pairs(dataset, seed).rule
+            self.pair_rule = table_pairs(dataset, seed).rule
             self.feature_name = "table-encoding"
         else:
             self.feature_name = "coordinates"

@@ -3,6 +3,9 @@
 A trial is exactly a single run (the same ``prepare`` and ``train`` as ``python -m pipeline
 train``) nested under the study's parent MLflow run, with Optuna's pruning callback watching its
 evaluations. It reads like Optuna's recipe: suggest, build, fit, return the value.
+
+One job past 300 lines: the trial, its seeds (``objective.seeds``) and their aggregate are one
+number out for Optuna.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pipeline.config import Config
 from pipeline.config_load import config_from_dict
 from pipeline.faults import storage_fault
 from pipeline.metrics.registry import EVAL_SECONDS, MAIN_METRICS, VAL_PREFIX, val_key
+from pipeline.run_log import Ending, mlflow_run
 from pipeline.study.space import sample
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import (
@@ -30,7 +34,7 @@ from pipeline.study.store import (
     TRIAL_RUN_ATTR,
     this_worker,
 )
-from pipeline.tracking import Ending, get_client, mlflow_run
+from pipeline.tracking import get_client
 
 if TYPE_CHECKING:
     import lightning.pytorch as L

@@ -2,6 +2,9 @@
 
 One parent run per study; one child run per trial (``mlflow.parentRunId``). The parent holds the
 best value and trial, a CSV of all trials, and Optuna's plots of the study as PNG.
+
+One job past 300 lines: the parent run's lookup, its best-trial tags, the trials CSV and the
+plots are all writes to that one run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from pipeline.config_load import mask_secrets
 from pipeline.errors import ConfigError
+from pipeline.run_log import RunLogger, start_run
 from pipeline.study.choice import check_recorded
 from pipeline.study.spec import StudyDefinition
 from pipeline.study.store import (
@@ -31,7 +35,7 @@ from pipeline.study.store import (
     pareto_front,
     trial_counts,
 )
-from pipeline.tracking import RunLogger, get_client, open_store_for_reading, start_run
+from pipeline.tracking import get_client, open_store_for_reading
 
 log = logging.getLogger(__name__)
 

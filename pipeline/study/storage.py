@@ -2,6 +2,9 @@
 
 Only a sweep creates a storage or mends a journal's torn last record; every other command opens
 one as it is. A file that is not a journal, or a damaged one, is refused and kept as it is.
+
+One job past 300 lines: the journal's checks and the database URL's are the two kinds of one
+storage that every command opens the same way.
 """
 
 from __future__ import annotations

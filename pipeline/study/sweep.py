@@ -14,6 +14,7 @@ import optuna
 
 from pipeline import interrupt
 from pipeline.faults import StorageFault
+from pipeline.run_log import RunLogger, close_run
 from pipeline.study import parent_run
 from pipeline.study.space import check_pairs
 from pipeline.study.spec import StudyDefinition
@@ -34,13 +35,7 @@ from pipeline.study.worker import (
     run_workers,
     worker_main,
 )
-from pipeline.tracking import (
-    RunLogger,
-    check_reachable,
-    close_run,
-    get_client,
-    tracking_uri,
-)
+from pipeline.tracking import check_reachable, get_client, tracking_uri
 
 
 class SweepError(RuntimeError):

@@ -2,6 +2,9 @@
 
 Each worker imports torch, Lightning and MLflow once and runs many trials (never a process per
 trial). Workers receive the parsed ``StudyDefinition``: the study file is read once per command.
+
+One job past 300 lines: the worker's trial loop and the guards that end it (budget, failures,
+signals, stale runs) share one process's state.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pipeline.config import Config
 from pipeline.devices import default_device
 from pipeline.errors import ConfigError, DataError
 from pipeline.faults import StorageFault, fault_message, storage_fault
+from pipeline.run_log import RunLogger, close_run
 from pipeline.study import parent_run
 from pipeline.study.objective import Objective
 from pipeline.study.spec import StudyDefinition
@@ -41,7 +45,7 @@ from pipeline.study.store import (
     finished_trials,
     this_worker,
 )
-from pipeline.tracking import RunLogger, close_run, get_client
+from pipeline.tracking import get_client
 
 
 @dataclass
