@@ -218,8 +218,7 @@ MIXTURE_ROWS = (
     ("seed article's GAN (`conf/seed_article.yaml`, 20 epochs of the 100k points)",
      "seed_article_{}", False),
     ("**this project**: best of its study (`reeval`)", "{}", False),
-    ("**this project**: the study's winner tuned by hand (`studies/best/{}_tuned.yaml`)",
-     "{}_tuned", True),
+    ("**this project**: the study's winner tuned by hand ({})", "{}_tuned", True),
 )
 
 
@@ -266,7 +265,7 @@ def mixtures_table(results: Path) -> str | None:
         counts = {m: len(r["seeds"]) for m, r in zip(MIXTURES, reports, strict=True) if r}
         seeds = (f"{next(iter(counts.values()))}" if len(set(counts.values())) == 1
                  else ", ".join(f"{m} {n}" for m, n in counts.items()))
-        named = title.format("/".join(counts))
+        named = title.format(", ".join(f"`studies/best/{pattern.format(m)}.yaml`" for m in counts))
         lines.append("| " + " | ".join([f"{named}, {seeds} fresh seeds", *[
             mixture_cell(r, metric) if r else "-" for r in reports
             for metric in MIXTURE_COLUMNS]]) + " |")

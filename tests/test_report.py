@@ -187,3 +187,11 @@ def test_a_one_mixture_row_shows_dashes_for_the_other(tmp_path: Path) -> None:
     tuned = rows[5]
     assert "`studies/best/ring8_tuned.yaml`), 3 fresh seeds" in tuned
     assert "98.0 ± 0.1% (min 97.0%)" in tuned and tuned.endswith("| - | - | - |")
+    # with both mixtures' files the row names both configs, and gives each mixture its seeds
+    mixture_file(results / "grid25_tuned.json", [25, 25], [0.97, 0.96], floor=True)
+    write_report(readme, results)
+    both = [line for line in readme.read_text().splitlines() if line.startswith("| ")][5]
+    assert ("(`studies/best/ring8_tuned.yaml`, `studies/best/grid25_tuned.yaml`), ring8 3, "
+            "grid25 2 fresh seeds") in both
+    assert both.endswith("| 25.00 ± 0.00 (min 25) | 96.5 ± 0.1% (min 96.0%) | 0.0150 ± 0.0010 "
+                         "(worst 0.0200) |")
