@@ -17,8 +17,9 @@ from torch import Tensor
 
 from pipeline.dataset import Dataset, TableParts
 
-if TYPE_CHECKING:  # pandas (and tabular.py, which imports it) cost ~0.5 s; points and images
-    import pandas as pd  # never need them
+# pandas, and tabular.py which imports it, cost ~0.5 s to import; points and images never need them
+if TYPE_CHECKING:
+    import pandas as pd
 
     from pipeline.metrics.tabular import PairSample
 
