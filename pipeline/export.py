@@ -23,32 +23,32 @@ from typing import Any
 
 import torch
 
-from pipeline.config_load import cut, mask_secrets
+from pipeline.config_load import config_from_dict, cut, mask_secrets
+from pipeline.data import load_dataset
+from pipeline.drs import CALIBRATION_STEPS, GAMMA_QUANTILE, calibrate
 from pipeline.errors import ConfigError
-from pipeline.exported import ExportError, mode_centres
+from pipeline.exported import DRS_FILE, ExportError, mode_centres
 from pipeline.metrics.registry import VAL_PREFIX
 from pipeline.model_card import ALIAS, LATENT, model_card
 from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE, logged_model_id
-from pipeline.networks import Generator
+from pipeline.networks import Discriminator, Generator
 from pipeline.outputs import check_output_folder
 from pipeline.plots import figure_png, samples_png, table_figure
+from pipeline.prepare import DRS_SEED_OFFSET
 from pipeline.study.choice import check_recorded, chosen_trial
 from pipeline.study.store import RUN_ATTR, check_study_name, find_study
 from pipeline.tables.transform import TableTransformer
 from pipeline.tracking import open_store_for_reading, tracking_uri
 
-# What export writes into its folder; nothing else there is touched.
-EXPORT_FILES = ("generator.pt", "generator.onnx", "config.json", "metrics.json", "samples.png",
-                "MODEL_CARD.md")
-
 
 def export_best(study_name: str, out_dir: str | Path | None = None, *,
                 storage: str | None = None, force: bool = False, trial: int | None = None,
-                pick: str | None = None) -> tuple[Path, int]:
+                pick: str | None = None, drs: bool = False) -> tuple[Path, int]:
     """Export the study's best trial (or the one ``trial`` or ``pick`` chooses: see
     study/choice.py) to ``out_dir`` (default exports/<study>/); returns the folder and the
     registered model version. The folder must be new, empty or an earlier export of the same
-    run (``check_out_dir``), unless ``force``."""
+    run (``check_out_dir``), unless ``force``. ``drs``: also the trial's D, calibrated on the
+    trial's data as ``eval.drs`` calibrates it, so that ``sample --drs`` filters G's samples."""
     check_study_name("--study", study_name)  # as find_study does: it names the default folder
     out = Path(out_dir) if out_dir else Path("exports") / study_name
     check_out_place(out, force=force)  # before the study is read: the path alone
@@ -82,10 +82,16 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
             generator.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
             encoding = (json.loads((local / TABLE_ENCODING_FILE).read_text())
                         if meta.get("kind") == "table" else None)
+            discriminator = Discriminator(**meta["discriminator_kwargs"]) if drs else None
+            if discriminator is not None:
+                discriminator.load_state_dict(torch.load(local / "discriminator.pt",
+                                                         weights_only=True))
         except Exception as exc:
             raise ExportError(f"run {run_id}: cannot read its model/ artifacts ({cut(str(exc))})"
                               f"; was it trained with tracking.log_weights=false?") from None
     generator.eval()
+    drs_d = None if discriminator is None else drs_discriminator(resolved, discriminator,
+                                                                 generator)
     # config.json travels with the model: no password of the store in it
     resolved["tracking"] = {k: mask_secrets(v) for k, v in resolved.get("tracking", {}).items()}
 
@@ -119,6 +125,10 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
         "chosen_by": (f"--trial {trial}" if trial is not None else f"--pick {pick}" if pick
                       else "the best trial"),
         "params": best.params,
+        # sample --drs: the calibrated D beside G, and how it was calibrated
+        "drs": None if drs_d is None else {
+            "discriminator": DRS_FILE, "calibration_steps": CALIBRATION_STEPS,
+            "gamma_quantile": GAMMA_QUANTILE, "seed": resolved["train"]["seed"] + DRS_SEED_OFFSET},
     }
     n = 64 if meta["image_shape"] else 2500
     with torch.no_grad():
@@ -132,6 +142,7 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
     else:
         png = samples_png(samples.numpy(), centres=mode_centres(config), title=title,
                           image_shape=tuple(meta["image_shape"]) if meta["image_shape"] else None)
+    # what export writes into its folder; nothing else there is touched
     writers: dict[str, Callable[[Path], object]] = {
         "generator.pt": lambda p: write_torchscript(generator, p),
         "generator.onnx": lambda p: write_onnx(generator, p),
@@ -140,11 +151,34 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
         "samples.png": lambda p: p.write_bytes(png),
         "MODEL_CARD.md": lambda p: p.write_text(model_card(config, metrics)),
     }
+    if drs_d is not None:
+        writers[DRS_FILE] = lambda p: torch.jit.script(drs_d).save(str(p))
     # config.json first: it marks the folder as this run's export (check_out_dir), so an
     # export stopped half-way can be run again into the same folder
-    for name in sorted(EXPORT_FILES, key=lambda f: f != "config.json"):
+    for name in sorted(writers, key=lambda f: f != "config.json"):
         write_replacing(out / name, writers[name])
     return out, version
+
+
+def drs_discriminator(resolved: dict[str, Any], discriminator: Discriminator,
+                      generator: Generator) -> torch.nn.Module:
+    """The trial's D trained further with BCE against its final G on the trial's own training
+    rows, with the calibration's settings and seed of ``eval.drs`` (train.rejection_sampled)."""
+    try:
+        cfg = config_from_dict({k: v for k, v in resolved.items() if k != "tracking"})
+    except ConfigError as exc:
+        raise ExportError(f"--drs: the run's config no longer loads ({cut(str(exc))})") from None
+    if cfg.model.pack != 1:
+        raise ExportError(f"--drs: needs model.pack 1 (the trial has {cfg.model.pack}): a packed "
+                          "D scores packs of samples, not one sample")
+    try:
+        dataset = load_dataset(cfg.data, cfg.train.seed)
+    except Exception as exc:
+        raise ExportError(f"--drs: calibrating D needs the trial's data, which does not load "
+                          f"here ({cut(str(exc))})") from None
+    return calibrate(discriminator, generator, dataset.train.float(),
+                     batch_size=cfg.train.batch_size, lr=cfg.train.d_lr,
+                     seed=cfg.train.seed + DRS_SEED_OFFSET)
 
 
 def check_out_dir(out: Path, run_id: str, *, force: bool = False) -> None:

@@ -14,6 +14,8 @@ from pipeline.outputs import check_output_file
 from pipeline.plots import samples_png
 from pipeline.tables.transform import TableTransformer
 
+DRS_FILE = "drs_discriminator.pt"  # export --drs: D calibrated for rejection sampling (drs.py)
+
 
 class ExportError(ConfigError):
     """No finished trial, missing weights, or an incomplete export folder."""
@@ -53,6 +55,33 @@ def sample_export(folder: str | Path, n: int, seed: int = 0) -> tuple[np.ndarray
             return generator(z).numpy(), config
     except Exception as exc:
         raise ExportError(f"{folder}: generator.pt does not match config.json ({exc})") from None
+
+
+def drs_sample_export(folder: str | Path, n: int, seed: int = 0,
+                      ) -> tuple[np.ndarray, dict[str, Any], float]:
+    """``n`` of the export's G's samples that its calibrated D accepts (drs.py), drawn as
+    ``eval.drs`` draws them; its config; the share of G's samples accepted."""
+    from pipeline.drs import rejection_sample
+    from pipeline.prepare import EVAL_BATCH
+
+    if n < 1:
+        raise ExportError(f"-n {n}: expected at least one sample")
+    folder = Path(folder)
+    generator, config = load_export(folder)
+    if not config.get("drs"):
+        raise ExportError(f"{folder}: exported without --drs (no calibrated discriminator); "
+                          "export again with `python -m pipeline export --study NAME --drs`")
+    try:
+        discriminator = torch.jit.load(str(folder / DRS_FILE))
+    except Exception as exc:
+        raise ExportError(f"{folder}: cannot load {DRS_FILE} ({type(exc).__name__}); export "
+                          "again with --drs") from None
+    try:
+        samples, accepted = rejection_sample(generator, discriminator, n, seed=seed,
+                                             batch=EVAL_BATCH)
+    except ValueError as exc:
+        raise ExportError(f"{folder}: {exc}") from None
+    return samples.numpy(), config, accepted
 
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")

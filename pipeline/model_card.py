@@ -31,6 +31,13 @@ def model_card(config: dict[str, Any], metrics: dict[str, float]) -> str:
     settings = "\n".join(f"| `{section}.{key}` | `{value}` |"
                          for section in ("data", "model", "train", "eval")
                          for key, value in config[section].items())
+    drs = ("" if not config.get("drs") else f"""
+Exported with `--drs`: `{config['drs']['discriminator']}` is the trial's discriminator trained
+{config['drs']['calibration_steps']} more steps with BCE against this generator, for
+Discriminator Rejection Sampling (Azadi et al. 2019): `python -m pipeline sample EXPORT_DIR
+-n 1000 --drs --out samples.npy` keeps only the samples it accepts. A filter on the generator's
+samples: the generator above is the raw one.
+""")
     return f"""# Generator: study `{config['study']}`, trial {config['trial']}
 
 Fully connected GAN generator trained on **{gen['dataset']}** (MLflow run
@@ -82,4 +89,4 @@ samples = g(torch.randn(16, {gen['latent_dim']}))
 or with onnxruntime: `InferenceSession("generator.onnx").run(None, {{"z": z}})` (z float32), or
 `python -m pipeline sample EXPORT_DIR -n 1000 --out samples.npy`, or serve it:
 `mlflow models serve -m models:/{config['study']}-generator@{ALIAS} --env-manager local`.
-"""
+{drs}"""

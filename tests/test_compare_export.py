@@ -23,9 +23,12 @@ from pipeline.__main__ import main
 from pipeline.compare import compare, format_rows
 from pipeline.config import ConfigError
 from pipeline.config_load import load_config
+from pipeline.data import load_dataset
+from pipeline.drs import calibrate
 from pipeline.export import export_best
-from pipeline.exported import ExportError, load_export
-from pipeline.networks import Generator
+from pipeline.exported import DRS_FILE, ExportError, load_export
+from pipeline.networks import Discriminator, Generator
+from pipeline.prepare import DRS_SEED_OFFSET
 from pipeline.study.choice import DisagreementError
 from pipeline.study.spec import load_study_file
 from pipeline.study.storage import open_storage
@@ -220,3 +223,50 @@ def test_conditional_parameter_columns_stay_together() -> None:
             {"rank": 2, "p:a": 2, "p:leaky_slope": 0.2, "run_id": "r2"}]
     header = format_rows(rows, "csv").splitlines()[0]
     assert header == "rank,p:a,p:leaky_slope,run_id"
+
+
+def test_export_drs_and_sample_drs(study_env: dict[str, str], tmp_path: Path, capsys) -> None:
+    """export --drs writes the trial's D calibrated exactly as eval.drs calibrates it, and
+    sample --drs keeps the samples it favours; an export without it is refused by name."""
+    plain, _ = export_best("smoke", tmp_path / "plain")
+    assert main(["sample", str(plain), "--drs", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "exported without --drs" in capsys.readouterr().err
+
+    out, _ = export_best("smoke", tmp_path / "drs", drs=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["drs"]["seed"] == config["train"]["seed"] + DRS_SEED_OFFSET
+    exported_d = torch.jit.load(str(out / DRS_FILE))
+
+    # the same calibration by hand, from the run's own D and data
+    run_id = config["mlflow_run_id"]
+    local = Path(MlflowClient(tracking_uri=study_env["MLFLOW_TRACKING_URI"]).download_artifacts(
+        run_id, "model", str(tmp_path)))
+    meta = json.loads((local / "generator.json").read_text())
+    d = Discriminator(**meta["discriminator_kwargs"])
+    d.load_state_dict(torch.load(local / "discriminator.pt", weights_only=True))
+    g = Generator(**meta["generator_kwargs"])
+    g.load_state_dict(torch.load(local / "generator.pt", weights_only=True))
+    cfg = load_config(None, extra={k: config[k] for k in ("data", "model", "train", "eval")})
+    real = load_dataset(cfg.data, cfg.train.seed).train.float()
+    by_hand = calibrate(d, g.eval(), real, batch_size=cfg.train.batch_size, lr=cfg.train.d_lr,
+                        seed=config["drs"]["seed"])
+    probe = torch.randn(256, 2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(exported_d(probe), by_hand(probe))
+
+    for name in ("raw.npy", "drs.npy", "again.npy"):
+        assert main(["sample", str(out), "-n", "1000", "--seed", "1",
+                     *(["--drs"] if name != "raw.npy" else []),
+                     "--out", str(tmp_path / name)]) == 0
+    assert "DRS accepted" in capsys.readouterr().err
+    assert "--drs" in (out / "MODEL_CARD.md").read_text()
+    assert "--drs" not in (plain / "MODEL_CARD.md").read_text()
+    raw, filtered = np.load(tmp_path / "raw.npy"), np.load(tmp_path / "drs.npy")
+    assert filtered.shape == raw.shape == (1000, 2)
+    np.testing.assert_array_equal(np.load(tmp_path / "again.npy"), filtered)
+    with torch.no_grad():  # acceptance rises with D's logit: what it keeps, D rates higher
+        assert (exported_d(torch.from_numpy(filtered)).mean()
+                > exported_d(torch.from_numpy(raw)).mean())
+    (out / DRS_FILE).write_bytes(b"not a TorchScript archive")
+    assert main(["sample", str(out), "--drs", "--out", str(tmp_path / "y.npy")]) == 2
+    assert f"cannot load {DRS_FILE}" in capsys.readouterr().err

@@ -77,6 +77,9 @@ def add_export(commands: Commands) -> None:
                                  "export of the same run")
     p.add_argument("--force", action="store_true",
                    help="write into a non-empty --out folder (or through a link) anyway")
+    p.add_argument("--drs", action="store_true",
+                   help="also export D calibrated for Discriminator Rejection Sampling (needs "
+                        "the trial's data), for `sample --drs`")
     add_choice(p)
     add_storage(p)
     p.set_defaults(func=cmd_export)
@@ -86,7 +89,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pipeline.export import export_best
 
     out, version = export_best(args.study, args.out, storage=args.storage, force=args.force,
-                               trial=args.trial, pick=args.pick)
+                               trial=args.trial, pick=args.pick, drs=args.drs)
     print(f"exported to {out}; registered as models:/{args.study}-generator@champion "
           f"(version {version})")
     return 0
@@ -100,14 +103,21 @@ def add_sample(commands: Commands) -> None:
     p.add_argument("--seed", type=bounded(non_negative_int, MAX_SEED), default=0,
                    help="seed of the latent vectors (default 0)")
     p.add_argument("--out", required=True, help="where to write them: .npy, .csv or .png")
+    p.add_argument("--drs", action="store_true",
+                   help="keep only samples that Discriminator Rejection Sampling accepts (an "
+                        "export made with --drs); a filter on G, not G")
     p.set_defaults(func=cmd_sample)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from pipeline.exported import check_samples_out, sample_export, write_samples
+    from pipeline.exported import check_samples_out, drs_sample_export, sample_export, write_samples
 
     check_samples_out(args.out)  # before the export is read and the samples drawn
-    samples, config = sample_export(args.export_dir, args.n, args.seed)
+    if args.drs:
+        samples, config, accepted = drs_sample_export(args.export_dir, args.n, args.seed)
+        print(f"DRS accepted {accepted:.1%} of the generator's samples", file=sys.stderr)
+    else:
+        samples, config = sample_export(args.export_dir, args.n, args.seed)
     print(write_samples(samples, config, args.out))
     return 0
 
