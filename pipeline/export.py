@@ -25,7 +25,7 @@ import torch
 
 from pipeline.config_load import config_from_dict, cut, mask_secrets
 from pipeline.data import load_dataset
-from pipeline.drs import CALIBRATION_STEPS, GAMMA_QUANTILE, calibrate
+from pipeline.drs import CALIBRATION_STEPS, GAMMA_QUANTILE
 from pipeline.errors import ConfigError
 from pipeline.exported import DRS_FILE, ExportError, mode_centres
 from pipeline.metrics.registry import VAL_PREFIX
@@ -39,6 +39,7 @@ from pipeline.study.choice import check_recorded, chosen_trial
 from pipeline.study.store import RUN_ATTR, check_study_name, find_study
 from pipeline.tables.transform import TableTransformer
 from pipeline.tracking import open_store_for_reading, tracking_uri
+from pipeline.train import calibrated_discriminator
 
 
 def export_best(study_name: str, out_dir: str | Path | None = None, *,
@@ -176,9 +177,7 @@ def drs_discriminator(resolved: dict[str, Any], discriminator: Discriminator,
     except Exception as exc:
         raise ExportError(f"--drs: calibrating D needs the trial's data, which does not load "
                           f"here ({cut(str(exc))})") from None
-    return calibrate(discriminator, generator, dataset.train.float(),
-                     batch_size=cfg.train.batch_size, lr=cfg.train.d_lr,
-                     seed=cfg.train.seed + DRS_SEED_OFFSET)
+    return calibrated_discriminator(cfg, discriminator, generator, dataset.train.float())
 
 
 def check_out_dir(out: Path, run_id: str, *, force: bool = False) -> None:

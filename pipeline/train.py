@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import lightning.pytorch as L
 import torch
+from torch import nn
 
 from pipeline.callbacks import MlflowMetrics, StopOnRequest
 from pipeline.checkpoint import EpochCheckpoint, checkpoint_path, resume_config
@@ -104,13 +105,19 @@ def rejection_sampled(prep: Prepared) -> dict[str, float]:
     """The final evaluation's metrics for eval.n_samples samples that DRS accepted, with the
     share of G's samples it accepted (``acceptance``)."""
     cfg, module = prep.cfg, prep.module
-    seed = cfg.train.seed + DRS_SEED_OFFSET
     real = prep.dataset.train.to(prep.device, torch.float32)
-    d = calibrate(module.discriminator, module.evaluated_generator, real,
-                  batch_size=cfg.train.batch_size, lr=cfg.train.d_lr, seed=seed)
+    d = calibrated_discriminator(cfg, module.discriminator, module.evaluated_generator, real)
     samples, accepted = rejection_sample(module.evaluated_generator, d, cfg.eval.n_samples,
-                                         seed=seed, batch=EVAL_BATCH)
+                                         seed=cfg.train.seed + DRS_SEED_OFFSET, batch=EVAL_BATCH)
     return {**prep.evaluator.evaluate(samples), "acceptance": accepted}
+
+
+def calibrated_discriminator(cfg: Config, discriminator: nn.Module, generator: nn.Module,
+                      real: torch.Tensor) -> nn.Module:
+    """D calibrated for rejection sampling with the run's batch size, D learning rate and DRS
+    seed: what eval.drs scores through, and what export --drs ships."""
+    return calibrate(discriminator, generator, real, batch_size=cfg.train.batch_size,
+                     lr=cfg.train.d_lr, seed=cfg.train.seed + DRS_SEED_OFFSET)
 
 
 def real_floor(prep: Prepared) -> dict[str, float]:
