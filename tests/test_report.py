@@ -172,6 +172,17 @@ def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path:
     assert "20.0 ± 0.5 (worst 22.0)" in rows[2] and "| 3 | 100 |" in rows[2]
     assert rows[3].startswith("| real test images") and "| 1.2 | 10.0 | - | - | 0.97 | - |" \
         in rows[3]
+    image_file(results / "fashion_mnist_20.json", [12.0, 14.0], 0.45, floor=True)
+    image_file(results / "lightning_gan_20.json", [30.0, 40.0], 0.2, floor=True)
+    write_report(readme, results)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[2:5]] == [
+        "| **this project**: best of the fashion_mnist study (10 epochs)",
+        "| PyTorch Lightning's GAN example (`conf/lightning_gan.yaml`, 20 epochs)",
+        "| **this project**: best of the fashion_mnist study, 20 epochs at constant "
+     "rates (`studies/best/fashion_mnist_20.yaml`)"]
+    assert "35.0 ± 0.5 (worst 40.0)" in rows[3] and "13.0 ± 0.5 (worst 14.0)" in rows[4]
+    assert rows[5].startswith("| real test images")
 
 
 def test_a_one_mixture_row_shows_dashes_for_the_other(tmp_path: Path) -> None:
