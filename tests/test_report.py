@@ -180,7 +180,7 @@ def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path:
         "| **this project**: best of the fashion_mnist study (10 epochs)",
         "| PyTorch Lightning's GAN example (`conf/lightning_gan.yaml`, 20 epochs)",
         "| **this project**: best of the fashion_mnist study, 20 epochs at constant "
-     "rates (`studies/best/fashion_mnist_20.yaml`)"]
+        "rates (`studies/best/fashion_mnist_20.yaml`)"]
     assert "35.0 ± 0.5 (worst 40.0)" in rows[3] and "13.0 ± 0.5 (worst 14.0)" in rows[4]
     assert rows[5].startswith("| real test images")
 
