@@ -34,7 +34,7 @@ from pipeline.model_log import MODEL_ARTIFACT, TABLE_ENCODING_FILE, logged_model
 from pipeline.networks import Discriminator, Generator
 from pipeline.outputs import check_output_folder
 from pipeline.plots import figure_png, samples_png, table_figure
-from pipeline.prepare import DRS_SEED_OFFSET
+from pipeline.prepare import drs_seed
 from pipeline.study.choice import check_recorded, chosen_trial
 from pipeline.study.store import RUN_ATTR, check_study_name, find_study
 from pipeline.tables.transform import TableTransformer
@@ -129,7 +129,7 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
         # sample --drs: the calibrated D beside G, and how it was calibrated
         "drs": None if drs_d is None else {
             "discriminator": DRS_FILE, "calibration_steps": CALIBRATION_STEPS,
-            "gamma_quantile": GAMMA_QUANTILE, "seed": resolved["train"]["seed"] + DRS_SEED_OFFSET},
+            "gamma_quantile": GAMMA_QUANTILE, "seed": drs_seed(resolved["train"]["seed"])},
     }
     n = 64 if meta["image_shape"] else 2500
     with torch.no_grad():
@@ -158,6 +158,10 @@ def export_best(study_name: str, out_dir: str | Path | None = None, *,
     # export stopped half-way can be run again into the same folder
     for name in sorted(writers, key=lambda f: f != "config.json"):
         write_replacing(out / name, writers[name])
+    if drs_d is None:
+        # an earlier --drs export of this run (check_out_dir) left its calibrated D: without it
+        # the folder holds only what this export wrote
+        (out / DRS_FILE).unlink(missing_ok=True)
     return out, version
 
 

@@ -44,10 +44,15 @@ def load_export(folder: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, A
     return generator, config
 
 
-def sample_export(folder: str | Path, n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+def load_for_sampling(folder: str | Path, n: int) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """The export's G and config, once ``n`` is known to ask for samples."""
     if n < 1:
         raise ExportError(f"-n {n}: expected at least one sample")
-    generator, config = load_export(folder)
+    return load_export(folder)
+
+
+def sample_export(folder: str | Path, n: int, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    generator, config = load_for_sampling(folder, n)
     z = torch.randn(n, int(config["generator"]["latent_dim"]),
                     generator=torch.Generator().manual_seed(seed))
     try:
@@ -64,10 +69,8 @@ def drs_sample_export(folder: str | Path, n: int, seed: int = 0,
     from pipeline.drs import rejection_sample
     from pipeline.prepare import EVAL_BATCH
 
-    if n < 1:
-        raise ExportError(f"-n {n}: expected at least one sample")
     folder = Path(folder)
-    generator, config = load_export(folder)
+    generator, config = load_for_sampling(folder, n)
     if not config.get("drs"):
         raise ExportError(f"{folder}: exported without --drs (no calibrated discriminator); "
                           "export again with `python -m pipeline export --study NAME --drs`")

@@ -42,6 +42,12 @@ EVAL_BATCH = 4096
 PICTURE_SEED_OFFSET = 1
 EVAL_SEED_OFFSET = 2
 DRS_SEED_OFFSET = 3
+
+
+def drs_seed(train_seed: int) -> int:
+    """The seed of rejection sampling's calibration and draws for a run of ``train_seed``:
+    eval.drs, export --drs and its config.json all use this one."""
+    return train_seed + DRS_SEED_OFFSET
 # The evaluator's real subsample is drawn from a fixed seed, not the run's: every run of a study
 # is then scored against the same real rows, so their metrics compare.
 EVALUATOR_SEED = 0

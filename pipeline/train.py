@@ -28,7 +28,7 @@ from pipeline.costs import costs
 from pipeline.devices import lightning_devices
 from pipeline.drs import calibrate, rejection_sample
 from pipeline.model_log import discard_logged_model, log_weights, start_logged_model
-from pipeline.prepare import DRS_SEED_OFFSET, EVAL_BATCH, Prepared
+from pipeline.prepare import EVAL_BATCH, Prepared, drs_seed
 from pipeline.run_log import RunLogger
 from pipeline.tracking import get_client, tracking_uri
 
@@ -108,16 +108,16 @@ def rejection_sampled(prep: Prepared) -> dict[str, float]:
     real = prep.dataset.train.to(prep.device, torch.float32)
     d = calibrated_discriminator(cfg, module.discriminator, module.evaluated_generator, real)
     samples, accepted = rejection_sample(module.evaluated_generator, d, cfg.eval.n_samples,
-                                         seed=cfg.train.seed + DRS_SEED_OFFSET, batch=EVAL_BATCH)
+                                         seed=drs_seed(cfg.train.seed), batch=EVAL_BATCH)
     return {**prep.evaluator.evaluate(samples), "acceptance": accepted}
 
 
 def calibrated_discriminator(cfg: Config, discriminator: nn.Module, generator: nn.Module,
-                      real: torch.Tensor) -> nn.Module:
+                             real: torch.Tensor) -> nn.Module:
     """D calibrated for rejection sampling with the run's batch size, D learning rate and DRS
     seed: what eval.drs scores through, and what export --drs ships."""
     return calibrate(discriminator, generator, real, batch_size=cfg.train.batch_size,
-                     lr=cfg.train.d_lr, seed=cfg.train.seed + DRS_SEED_OFFSET)
+                     lr=cfg.train.d_lr, seed=drs_seed(cfg.train.seed))
 
 
 def real_floor(prep: Prepared) -> dict[str, float]:

@@ -28,7 +28,6 @@ from pipeline.drs import calibrate
 from pipeline.export import export_best
 from pipeline.exported import DRS_FILE, ExportError, load_export
 from pipeline.networks import Discriminator, Generator
-from pipeline.prepare import DRS_SEED_OFFSET
 from pipeline.study.choice import DisagreementError
 from pipeline.study.spec import load_study_file
 from pipeline.study.storage import open_storage
@@ -234,7 +233,7 @@ def test_export_drs_and_sample_drs(study_env: dict[str, str], tmp_path: Path, ca
 
     out, _ = export_best("smoke", tmp_path / "drs", drs=True)
     config = json.loads((out / "config.json").read_text())
-    assert config["drs"]["seed"] == config["train"]["seed"] + DRS_SEED_OFFSET
+    assert config["drs"]["seed"] == config["train"]["seed"] + 3  # prepare.DRS_SEED_OFFSET
     exported_d = torch.jit.load(str(out / DRS_FILE))
 
     # the same calibration by hand, from the run's own D and data
@@ -270,3 +269,7 @@ def test_export_drs_and_sample_drs(study_env: dict[str, str], tmp_path: Path, ca
     (out / DRS_FILE).write_bytes(b"not a TorchScript archive")
     assert main(["sample", str(out), "--drs", "--out", str(tmp_path / "y.npy")]) == 2
     assert f"cannot load {DRS_FILE}" in capsys.readouterr().err
+    # exported again without --drs, the folder loses the calibrated D along with config's drs
+    export_best("smoke", out)
+    assert not (out / DRS_FILE).exists()
+    assert json.loads((out / "config.json").read_text())["drs"] is None
