@@ -42,16 +42,16 @@ EVAL_BATCH = 4096
 PICTURE_SEED_OFFSET = 1
 EVAL_SEED_OFFSET = 2
 DRS_SEED_OFFSET = 3
+# The evaluator's real subsample is drawn from a fixed seed, not the run's: every run of a study
+# is then scored against the same real rows, so their metrics compare.
+EVALUATOR_SEED = 0
+PICTURE_POINTS_IMAGES = 64  # an 8 x 8 grid of images; point clouds show eval.n_samples points
 
 
 def drs_seed(train_seed: int) -> int:
     """The seed of rejection sampling's calibration and draws for a run of ``train_seed``:
     eval.drs, export --drs and its config.json all use this one."""
     return train_seed + DRS_SEED_OFFSET
-# The evaluator's real subsample is drawn from a fixed seed, not the run's: every run of a study
-# is then scored against the same real rows, so their metrics compare.
-EVALUATOR_SEED = 0
-PICTURE_POINTS_IMAGES = 64  # an 8 x 8 grid of images; point clouds show eval.n_samples points
 
 
 @dataclass

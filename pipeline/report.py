@@ -57,8 +57,8 @@ IMAGE_COLUMNS = (("fid", "FID (classifier features)", ".1f"),
                  ("classes_covered", "classes covered", ".1f"),
                  ("class_kl", "class KL", ".3f"), ("precision", "precision", ".2f"),
                  ("recall", "recall", ".2f"), ("ndb_fraction", "NDB bins that differ", ".2f"))
-# Each peer row sits above the project's row of the same epochs: the study's 10, and the seed
-# article's 20 (`reeval --epochs 20` of the same two configs).
+# Each peer row sits above the project's row of the same epochs: the study's 10, the seed
+# article's 20, and 30 (`reeval --epochs N` of the peer's config).
 IMAGE_ROWS = (
     ("seed article's GAN (`conf/seed_article.yaml`, 20 epochs)", "seed_article"),
     ("PyTorch Lightning's GAN example (`conf/lightning_gan.yaml`, 10 epochs)",
@@ -68,6 +68,10 @@ IMAGE_ROWS = (
      "lightning_gan_20"),
     ("**this project**: best of the fashion_mnist study, 20 epochs at constant "
      "rates (`studies/best/fashion_mnist_20.yaml`)", "fashion_mnist_20"),
+    ("PyTorch Lightning's GAN example (`conf/lightning_gan.yaml`, 30 epochs)",
+     "lightning_gan_30"),
+    ("**this project**: best of the fashion_mnist study, 30 epochs at constant "
+     "rates (`studies/best/fashion_mnist_30.yaml`)", "fashion_mnist_30"),
 )
 PROJECT_IMAGE_ROW = "fashion_mnist"  # the block is written once the study's own row exists
 

@@ -183,6 +183,11 @@ def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path:
         "rates (`studies/best/fashion_mnist_20.yaml`)"]
     assert "35.0 ± 0.5 (worst 40.0)" in rows[3] and "13.0 ± 0.5 (worst 14.0)" in rows[4]
     assert rows[5].startswith("| real test images")
+    image_file(results / "fashion_mnist_30.json", [8.0, 9.0], 0.46, floor=True)
+    write_report(readme, results)  # a project row without its peer's file stays last but one
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert rows[5].startswith("| **this project**: best of the fashion_mnist study, 30 epochs")
+    assert "8.5 ± 0.5 (worst 9.0)" in rows[5] and rows[6].startswith("| real test images")
 
 
 def test_a_one_mixture_row_shows_dashes_for_the_other(tmp_path: Path) -> None:
