@@ -52,7 +52,8 @@ def cell(report: dict[str, Any], metric: str, fmt: str = ".3f") -> str:
     return f"{mean:{fmt}} ± {se:{fmt}} (worst {worst:{fmt}})"
 
 
-# The Fashion-MNIST block: a row per file (those that exist), then the project's floor.
+# The Fashion-MNIST block: a row per file (those that exist), each run of rows followed by its
+# files' floor.
 IMAGE_COLUMNS = (("fid", "FID (classifier features)", ".1f"),
                  ("classes_covered", "classes covered", ".1f"),
                  ("class_kl", "class KL", ".3f"), ("precision", "precision", ".2f"),
@@ -77,7 +78,7 @@ PROJECT_IMAGE_ROW = "fashion_mnist"  # the block is written once the study's own
 
 
 def images_table(results: Path) -> str | None:
-    """The Fashion-MNIST rows and the real-vs-real floor (the test split against the training
+    """The Fashion-MNIST rows and the real-vs-real floors (the test split against the training
     rows); None without the project's file."""
     rows = [(title, results / f"{name}.json") for title, name in IMAGE_ROWS]
     rows = [(title, path) for title, path in rows if path.exists()]
@@ -85,18 +86,22 @@ def images_table(results: Path) -> str | None:
         return None
     head = ["row", *[label for _, label, _ in IMAGE_COLUMNS], "seeds", "wall s / seed", "file"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    floor: dict[str, float] = {}
-    for title, path in rows:
-        report = json.loads(path.read_text())
-        floor = report.get("floor") or floor
+    reports = [(title, json.loads(path.read_text()), path) for title, path in rows]
+    floors = [" | ".join(f"{floor[m]:{fmt}}" if m in floor else "-"
+                         for m, _, fmt in IMAGE_COLUMNS) if (floor := report.get("floor")) else ""
+              for _, report, _ in reports]
+    # The feature classifier is trained once per cache (runs/cache), so files written on
+    # different machines can differ in their floor: each run of rows is followed by its own.
+    above = " of the rows above it" if len(set(filter(None, floors))) > 1 else ""
+    for i, (title, report, path) in enumerate(reports):
         per_seed = report.get("seconds_per_seed") or report["seconds"] / len(report["seeds"])
         lines.append("| " + " | ".join([
             title, *[cell(report, metric, fmt) for metric, _, fmt in IMAGE_COLUMNS],
             str(len(report["seeds"])), f"{per_seed:.0f}", f"`{path.as_posix()}`"]) + " |")
-    if floor:
-        lines.append("| real test images against the training images (the floor) | " + " | ".join(
-            f"{floor[m]:{fmt}}" if m in floor else "-" for m, _, fmt in IMAGE_COLUMNS)
-            + " | | | |")
+        following = floors[i + 1] if i + 1 < len(floors) else ""
+        if floors[i] and floors[i] != following:
+            lines.append(f"| real test images against the training images (the floor{above}) | "
+                         f"{floors[i]} | | | |")
     return "\n".join(lines)
 
 

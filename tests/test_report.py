@@ -147,14 +147,16 @@ def test_the_drs_row_stands_apart_from_the_generators_row(tmp_path: Path) -> Non
     assert rows[6].startswith("| real samples")
 
 
-def image_file(path: Path, fid: list[float], recall: float, floor: bool) -> None:
+def image_file(path: Path, fid: list[float], recall: float, floor: bool,
+               fid_floor: float = 1.25) -> None:
     per_seed = [{"fid": f, "recall": recall, "classes_covered": 10.0} for f in fid]
     keys = per_seed[0].keys()
     path.write_text(json.dumps({
         "seeds": list(range(len(fid))), "per_seed": per_seed,
         "mean": {k: sum(p[k] for p in per_seed) / len(per_seed) for k in keys},
         "stderr": {k: 0.5 for k in keys}, "seconds": 100.0 * len(fid),
-        **({"floor": {"fid": 1.25, "recall": 0.97, "classes_covered": 10.0}} if floor else {})}))
+        **({"floor": {"fid": fid_floor, "recall": 0.97, "classes_covered": 10.0}} if floor
+           else {})}))
 
 
 def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path: Path) -> None:
@@ -188,6 +190,17 @@ def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path:
     rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
     assert rows[5].startswith("| **this project**: best of the fashion_mnist study, 30 epochs")
     assert "8.5 ± 0.5 (worst 9.0)" in rows[5] and rows[6].startswith("| real test images")
+    assert len(rows) == 7  # one floor for every row
+
+    for name, fid in (("lightning_gan_20", [30.0, 40.0]), ("fashion_mnist_20", [12.0, 14.0]),
+                      ("fashion_mnist_30", [8.0, 9.0])):  # evaluated with another classifier
+        image_file(results / f"{name}.json", fid, 0.45, floor=True, fid_floor=2.5)
+    write_report(readme, results)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    floors = [(i, row) for i, row in enumerate(rows) if row.startswith("| real test images")]
+    assert [i for i, _ in floors] == [3, 7]  # after the 10-epoch rows, and after the others
+    assert all("(the floor of the rows above it) | " in row for _, row in floors)
+    assert "| 1.2 | 10.0 |" in floors[0][1] and "| 2.5 | 10.0 |" in floors[1][1]
 
 
 def test_a_one_mixture_row_shows_dashes_for_the_other(tmp_path: Path) -> None:
