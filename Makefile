@@ -21,7 +21,7 @@ TRIALS ?=
 WORKERS ?= 2
 TOP ?= 5
 FORMAT ?= table
-SEEDS ?= 10  # results rows: PacGAN reports 10 runs
+SEEDS ?=  # reeval's fresh seeds; its own default is 10 (PacGAN reports 10 runs)
 # PORT for ui (default 5000) and dashboard (default 8080); DASHBOARD_PORT is its old name.
 PORT ?=
 DASHBOARD_PORT ?=
@@ -104,8 +104,8 @@ compare: $(STAMP) ## top-K trials: make compare [STUDY=grid25] [TOP=5] [FORMAT=t
 export: $(STAMP) ## export the best trial's generator: make export [STUDY=grid25] [TRIAL=N | PICK="rule"]
 	@$(PY) -m pipeline export --study $(STUDY_NAME) $(STORAGE_ARG) $(CHOICE_ARGS)
 
-reeval: $(STAMP) ## retrain a study's best config on fresh seeds: make reeval [STUDY=grid25] [SEEDS=10] [TRIAL=N | PICK="rule"]
-	@$(PY) -m pipeline reeval --study $(STUDY_NAME) --seeds $(SEEDS) --workers $(WORKERS) $(STORAGE_ARG) $(CHOICE_ARGS)
+reeval: $(STAMP) ## retrain a study's best config on fresh seeds: make reeval [STUDY=grid25] [SEEDS=N] [TRIAL=N | PICK="rule"]
+	@$(PY) -m pipeline reeval --study $(STUDY_NAME) $(if $(SEEDS),--seeds $(SEEDS)) --workers $(WORKERS) $(STORAGE_ARG) $(CHOICE_ARGS)
 
 bench: $(STAMP) ## the performance benchmark (~30 min, a quiet machine): bench/results.json
 	$(PY) -m bench.bench --out bench

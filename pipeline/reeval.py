@@ -40,7 +40,7 @@ BEST_DIR = Path("studies") / "best"  # beside studies/, where the commands run
 RUN_ONLY_KEYS = ("tracking", )  # sections of a config that say where, not what
 
 
-def reevaluate(*, study: str | None = None, config: str | None = None, seeds: int = 5,
+def reevaluate(*, seeds: int, study: str | None = None, config: str | None = None,
                epochs: int | None = None, workers: int = 1, out: str | None = None,
                storage: str | None = None, overrides: list[str] | None = None,
                trial: int | None = None, pick: str | None = None,

@@ -100,3 +100,20 @@ def test_reeval_needs_a_study_or_a_config(capsys: pytest.CaptureFixture[str]) ->
         main(["reeval", "--seeds", "2"])
     assert info.value.code == 2
     assert "one of the arguments --study --config is required" in capsys.readouterr().err
+
+
+def test_reeval_trains_ten_seeds_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One default for the seed count (the command's, which make reeval leaves alone)."""
+    import pipeline.reeval
+
+    asked: list[int] = []
+
+    def record(**kwargs: object) -> tuple[dict, Path]:
+        asked.append(kwargs["seeds"])  # type: ignore[arg-type]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline.reeval, "reevaluate", record)
+    for argv in (["reeval", "--study", "s"], ["reeval", "--study", "s", "--seeds", "3"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+    assert asked == [10, 3]

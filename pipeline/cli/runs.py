@@ -113,13 +113,17 @@ def capped_workers(requested: int, accelerator: str) -> int:
     return requested
 
 
+REEVAL_SEEDS = 10  # a results row's seeds: PacGAN reports 10 runs
+
+
 def add_reeval(commands: Commands) -> None:
     p = commands.add_parser("reeval", help="retrain a study's best configuration on fresh "
                                            "seeds; mean and standard error of every metric")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--study", help="the study whose best trial to retrain")
     source.add_argument("--config", help="a config file to retrain instead (e.g. a baseline)")
-    p.add_argument("--seeds", type=positive_int, default=5, help="fresh seeds (default 5)")
+    p.add_argument("--seeds", type=positive_int, default=REEVAL_SEEDS,
+                   help=f"fresh seeds (default {REEVAL_SEEDS})")
     p.add_argument("--epochs", type=positive_int, help="epochs per seed (default: the trial's)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="seeds trained at once (at most the CPU count)")
