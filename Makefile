@@ -19,8 +19,8 @@ STUDY_NAME := $(STUDY)$(if $(DATA),-$(basename $(notdir $(DATA))))
 TRIALS ?=
 # Two 1-thread workers ran ~2.2x the iterations/s of one 2-thread process on 2 cores.
 WORKERS ?= 2
-TOP ?= 5
-FORMAT ?= table
+TOP ?=  # compare's --top (its default: 5)
+FORMAT ?=  # compare's --format (its default: table)
 SEEDS ?=  # reeval's fresh seeds; its own default is 10 (PacGAN reports 10 runs)
 # PORT for ui (default 5000) and dashboard (default 8080); DASHBOARD_PORT is its old name.
 PORT ?=
@@ -98,8 +98,8 @@ lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-compare: $(STAMP) ## top-K trials: make compare [STUDY=grid25] [TOP=5] [FORMAT=table|markdown|csv|json]
-	@$(PY) -m pipeline compare --study $(STUDY_NAME) --top $(TOP) --format $(FORMAT) $(STORAGE_ARG)
+compare: $(STAMP) ## top-K trials: make compare [STUDY=grid25] [TOP=K] [FORMAT=table|markdown|csv|json]
+	@$(PY) -m pipeline compare --study $(STUDY_NAME) $(if $(TOP),--top $(TOP)) $(if $(FORMAT),--format $(FORMAT)) $(STORAGE_ARG)
 
 export: $(STAMP) ## export the best trial's generator: make export [STUDY=grid25] [TRIAL=N | PICK="rule"]
 	@$(PY) -m pipeline export --study $(STUDY_NAME) $(STORAGE_ARG) $(CHOICE_ARGS)

@@ -73,6 +73,17 @@ def test_make_compare_prints_only_the_data(tmp_path: Path, fmt: str) -> None:
 
 
 @needs_make
+def test_make_leaves_the_commands_defaults_to_the_commands(tmp_path: Path) -> None:
+    """One default per setting: a target passes --top, --format or --seeds only when told."""
+    venv = fake_venv(tmp_path)
+    assert make_args("compare", venv=venv) == ["-m", "pipeline", "compare", "--study", "grid25"]
+    reeval = make_args("reeval", venv=venv)
+    assert "--seeds" not in reeval
+    reeval = make_args("reeval", "SEEDS=3", venv=venv)
+    assert reeval[reeval.index("--seeds") + 1] == "3"
+
+
+@needs_make
 @pytest.mark.parametrize("target, command", [("export", "export"), ("reeval", "reeval"),
                                              ("train", "train"), ("sweep", "sweep")])
 def test_make_data_targets_do_not_echo(tmp_path: Path, target: str, command: str) -> None:
