@@ -84,8 +84,3 @@ LOSSES: dict[str, Loss] = {
         penalty=gradient_penalty,
     ),
 }
-
-
-def losses_with_penalty() -> list[str]:
-    """The losses that read train.gp_weight (a study samples it only for these)."""
-    return [name for name, loss in LOSSES.items() if loss.penalty is not None]
