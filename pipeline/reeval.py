@@ -88,6 +88,9 @@ def reevaluate(*, seeds: int, study: str | None = None, config: str | None = Non
         "seeds": fresh,
         **seed_summary(per_seed),
         "floor": {k: mean([r["floor"][k] for r in results]) for k in results[0]["floor"]},
+        # the feature space every metric (and the floor) was measured in: rows of two files
+        # compare only where it is the same (an image classifier's weights digest included)
+        "features": sorted({r["features"] for r in results}),
         # what the search saw for this trial (its last evaluations' mean, on the search's
         # seed): optimistic, the winner of many noisy draws; beside the fresh seeds' mean
         "search": {k.removeprefix(VAL_PREFIX): v for k, v in search.items()},
@@ -205,7 +208,8 @@ def train_seed(cfg_dict: dict[str, Any], name: str, parent: str, seed: int) -> d
     if not result.metrics:
         raise ConfigError(f"seed {seed}: no evaluation ran")
     return {"run_id": result.run_id, "metrics": result.metrics, "floor": result.floor,
-            "costs": result.costs, "drs": result.drs, "seconds": time.time() - start}
+            "costs": result.costs, "drs": result.drs, "seconds": time.time() - start,
+            "features": prepared.evaluator.feature_name}
 
 
 def seed_summary(per_seed: list[dict[str, float]]) -> dict[str, Any]:

@@ -91,15 +91,18 @@ def images_table(results: Path) -> str | None:
                          for m, _, fmt in IMAGE_COLUMNS) if (floor := report.get("floor")) else ""
               for _, report, _ in reports]
     # The feature classifier is trained once per cache (runs/cache), so files written on
-    # different machines can differ in their floor: each run of rows is followed by its own.
-    above = " of the rows above it" if len(set(filter(None, floors))) > 1 else ""
+    # different machines can differ in their floor (and in the digest of their "features"):
+    # each run of rows in one feature space is followed by its own floor.
+    groups = [(floor, " ".join(report.get("features", [])))
+              for floor, (_, report, _) in zip(floors, reports, strict=True)]
+    above = " of the rows above it" if len({g for g in groups if g[0]}) > 1 else ""
     for i, (title, report, path) in enumerate(reports):
         per_seed = report.get("seconds_per_seed") or report["seconds"] / len(report["seeds"])
         lines.append("| " + " | ".join([
             title, *[cell(report, metric, fmt) for metric, _, fmt in IMAGE_COLUMNS],
             str(len(report["seeds"])), f"{per_seed:.0f}", f"`{path.as_posix()}`"]) + " |")
-        following = floors[i + 1] if i + 1 < len(floors) else ""
-        if floors[i] and floors[i] != following:
+        last_of_group = i + 1 == len(groups) or groups[i + 1] != groups[i]
+        if floors[i] and last_of_group:
             lines.append(f"| real test images against the training images (the floor{above}) | "
                          f"{floors[i]} | | | |")
     return "\n".join(lines)

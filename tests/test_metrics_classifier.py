@@ -52,6 +52,16 @@ def test_training_is_deterministic(digits: Dataset) -> None:
     second = clf.train_classifier(digits)
     for key, value in first.state_dict().items():
         assert torch.equal(second.state_dict()[key], value)
+    assert clf.weights_digest(first) == clf.weights_digest(second)
+
+
+def test_the_digest_names_the_weights_exactly(digits: Dataset) -> None:
+    model = clf.MLPClassifier(digits.dim, 10)
+    digest = clf.weights_digest(model)
+    assert len(digest) == 12 and int(digest, 16) >= 0
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6  # one weight, one rounding step apart
+    assert clf.weights_digest(model) != digest
 
 
 def test_unreadable_or_foreign_cache_is_retrained(digits: Dataset, tmp_path: Path) -> None:

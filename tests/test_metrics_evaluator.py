@@ -111,7 +111,8 @@ def test_rejects_malformed_samples(ring8_evaluator: Evaluator) -> None:
 def test_digits_end_to_end(tmp_path: Path) -> None:
     digits = digits_dataset()
     evaluator = Evaluator(digits, n_samples=1000, cache_dir=tmp_path, seed=0)
-    assert evaluator.feature_name == "fcgan-mlp-classifier-digits-v1"
+    name, digest = evaluator.feature_name.split(" weights ")
+    assert name == "fcgan-mlp-classifier-digits-v1" and len(digest) == 12
     assert evaluator.classifier_accuracy is not None and evaluator.classifier_accuracy >= 0.95
     assert (tmp_path / "classifier-digits-v1.pt").exists()
 

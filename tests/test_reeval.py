@@ -37,6 +37,7 @@ def test_reeval_study(tmp_path: Path, store_uri: str, monkeypatch: pytest.Monkey
     report = json.loads((tmp_path / "results" / "smoke.json").read_text())
     assert report["seeds"] == [FIRST_SEED, FIRST_SEED + 1]  # the search used seed 0 only
     assert len(report["per_seed"]) == 2
+    assert report["features"] == ["coordinates"]  # the one feature space of both seeds
     for key in ("fid", "modes_covered", "high_quality", "reverse_kl"):
         values = [p[key] for p in report["per_seed"]]
         assert report["mean"][key] == pytest.approx(sum(values) / 2)
@@ -62,6 +63,7 @@ def test_reeval_study(tmp_path: Path, store_uri: str, monkeypatch: pytest.Monkey
         assert run.data.params["train.seed"] == str(seed)
         assert run.data.params["model.g_hidden"] == best_run.data.params["model.g_hidden"]
         assert run.data.metrics["val/fid"] == scores["fid"]  # the final evaluation
+        assert run.data.tags["fid_features"] == "coordinates"
     assert (tmp_path / "results" / "smoke.png").read_bytes()[:4] == b"\x89PNG"
 
     # studies/best/smoke.yaml trains the same configuration

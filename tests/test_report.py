@@ -148,7 +148,7 @@ def test_the_drs_row_stands_apart_from_the_generators_row(tmp_path: Path) -> Non
 
 
 def image_file(path: Path, fid: list[float], recall: float, floor: bool,
-               fid_floor: float = 1.25) -> None:
+               fid_floor: float = 1.25, features: list[str] | None = None) -> None:
     per_seed = [{"fid": f, "recall": recall, "classes_covered": 10.0} for f in fid]
     keys = per_seed[0].keys()
     path.write_text(json.dumps({
@@ -156,7 +156,7 @@ def image_file(path: Path, fid: list[float], recall: float, floor: bool,
         "mean": {k: sum(p[k] for p in per_seed) / len(per_seed) for k in keys},
         "stderr": {k: 0.5 for k in keys}, "seconds": 100.0 * len(fid),
         **({"floor": {"fid": fid_floor, "recall": 0.97, "classes_covered": 10.0}} if floor
-           else {})}))
+           else {}), **({"features": features} if features else {})}))
 
 
 def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path: Path) -> None:
@@ -201,6 +201,13 @@ def test_the_fashion_block_has_every_row_that_has_a_file_and_the_floor(tmp_path:
     assert [i for i, _ in floors] == [3, 7]  # after the 10-epoch rows, and after the others
     assert all("(the floor of the rows above it) | " in row for _, row in floors)
     assert "| 1.2 | 10.0 |" in floors[0][1] and "| 2.5 | 10.0 |" in floors[1][1]
+
+    # the same floor in another feature space (another classifier digest) is its own group
+    image_file(results / "fashion_mnist_30.json", [8.0, 9.0], 0.45, floor=True, fid_floor=2.5,
+               features=["fcgan-mlp-classifier-fashion_mnist-v1 weights 0123456789ab"])
+    write_report(readme, results)
+    rows = [line for line in readme.read_text().splitlines() if line.startswith("| ")]
+    assert [i for i, row in enumerate(rows) if row.startswith("| real test images")] == [3, 6, 8]
 
 
 def test_a_one_mixture_row_shows_dashes_for_the_other(tmp_path: Path) -> None:

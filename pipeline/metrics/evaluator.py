@@ -18,7 +18,11 @@ from torch import Tensor
 
 from pipeline.dataset import Dataset
 from pipeline.metrics import registry
-from pipeline.metrics.classifier import CLASSIFIER_VERSION, load_or_train_classifier
+from pipeline.metrics.classifier import (
+    CLASSIFIER_VERSION,
+    load_or_train_classifier,
+    weights_digest,
+)
 from pipeline.metrics.features import ClassifierFeatures
 from pipeline.metrics.registry import MIN_SAMPLES, check_settings
 from pipeline.metrics.scorers import Fakes, Reference, Scorer, table_pairs, table_parts
@@ -81,7 +85,8 @@ class Evaluator:
                 dataset, Path(cache_dir), device=self.device
             )
             self._embedder = ClassifierFeatures(model).to(self.device)
-            self.feature_name = f"fcgan-mlp-classifier-{dataset.name}-v{CLASSIFIER_VERSION}"
+            self.feature_name = (f"fcgan-mlp-classifier-{dataset.name}-v{CLASSIFIER_VERSION} "
+                                 f"weights {weights_digest(model)}")
         elif dataset.kind == "table":
             if dataset.test is None:
                 raise ValueError(f"table dataset {dataset.name!r} has no held-out split "
